@@ -1,0 +1,109 @@
+"""JIT a kernel with MLIR's ExecutionEngine and call it on numpy/torch buffers without copies.
+
+A kernel is compiled once per KernelSpec (process-wide cache; layers of equal spec share it). Calls
+go through the engine's packed C interface with memref descriptors built directly in ctypes, so one
+call costs a few microseconds of Python; ctypes releases the GIL, so threads run kernels in parallel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sparsec.codegen.mlir.emit import emit_kernel
+from sparsec.codegen.mlir.pipeline import pipeline_text, run_pipeline
+from sparsec.codegen.spec import KernelSpec
+
+_DESC_TYPES: dict[int, type] = {}
+
+
+def descriptor_type(rank: int) -> type:
+    """The ctypes struct of a ranked memref descriptor (allocated, aligned, offset, sizes, strides)."""
+    if rank not in _DESC_TYPES:
+        fields = [("allocated", ctypes.c_void_p), ("aligned", ctypes.c_void_p), ("offset", ctypes.c_int64)]
+        if rank:
+            fields += [("sizes", ctypes.c_int64 * rank), ("strides", ctypes.c_int64 * rank)]
+        _DESC_TYPES[rank] = type(f"MemRef{rank}D", (ctypes.Structure,), {"_fields_": fields})
+    return _DESC_TYPES[rank]
+
+
+def make_descriptor(ptr: int, shape: tuple[int, ...], strides: tuple[int, ...]):
+    """A memref descriptor for memory at ``ptr`` (strides in elements)."""
+    d = descriptor_type(len(shape))()
+    d.allocated = d.aligned = ptr
+    d.offset = 0
+    for k, (s, st) in enumerate(zip(shape, strides, strict=True)):
+        d.sizes[k] = s
+        d.strides[k] = st
+    return d
+
+
+def numpy_descriptor(a: np.ndarray):
+    """Descriptor of a C-contiguous numpy array."""
+    if not a.flags.c_contiguous:
+        raise ValueError("kernel buffers must be C-contiguous")
+    return make_descriptor(a.ctypes.data, a.shape, tuple(s // a.itemsize for s in a.strides))
+
+
+def torch_descriptor(t: torch.Tensor):
+    """Descriptor of a contiguous float32 CPU tensor (no copy: the kernel reads/writes its storage)."""
+    return make_descriptor(t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+
+
+@dataclass
+class CompiledKernel:
+    """A JIT-compiled kernel and the texts of its stages."""
+
+    spec: KernelSpec
+    mlir: str
+    llvm: str
+    compile_seconds: float
+    _engine: object = field(repr=False, default=None)
+    _fn: object = field(repr=False, default=None)
+
+    def __call__(self, descriptors: list) -> None:
+        """Call with one descriptor per argument, in the kernel's argument order (weight buffers first)."""
+        holders = [ctypes.pointer(d) for d in descriptors]
+        packed = (ctypes.c_void_p * len(holders))(
+            *[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders]
+        )
+        self._fn(packed)
+
+
+_CACHE: dict[KernelSpec, CompiledKernel] = {}
+_LOCK = threading.Lock()
+STATS = {"compiled": 0, "hits": 0}
+
+
+def compile_kernel(spec: KernelSpec, opt_level: int = 3) -> CompiledKernel:
+    """The compiled kernel for ``spec``, from the process cache or freshly JIT-compiled."""
+    with _LOCK:
+        hit = _CACHE.get(spec)
+        if hit is not None:
+            STATS["hits"] += 1
+            return hit
+        from torch_mlir import execution_engine, ir
+
+        t0 = time.perf_counter()
+        source = emit_kernel(spec)
+        with ir.Context(), ir.Location.unknown():
+            module = ir.Module.parse(source)
+            run_pipeline(module, pipeline_text(spec.vl if spec.form == "scatter" else 0), source, spec.name)
+            llvm_text = str(module)
+            engine = execution_engine.ExecutionEngine(module, opt_level=opt_level, shared_libs=[])
+            fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(engine.lookup(spec.name))
+        kernel = CompiledKernel(spec, source, llvm_text, time.perf_counter() - t0, engine, fn)
+        _CACHE[spec] = kernel
+        STATS["compiled"] += 1
+        return kernel
+
+
+def clear_cache() -> None:
+    """Forget every compiled kernel (tests; memory)."""
+    with _LOCK:
+        _CACHE.clear()

@@ -1,0 +1,58 @@
+"""The cost model: predicted seconds of one [out, in] linear on N rows, dense or in a sparse format.
+
+Each prediction is a roofline: the larger of compute time (executed FLOPs over the rate a kernel
+family reaches) and memory time (bytes moved over bandwidth), plus a fixed per-call overhead. The rates
+are a ``Machine`` value: defaults measured on the project's 2-core Zen 4 machine (see
+benchmarks/RESULTS.md), replaced by ``sparsec.runtime.calibrate`` with figures measured on the user's
+machine. Keeping it this small makes the selector's choice explainable in one line of the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Rates (FLOP/s, B/s) and overheads (s) the cost model uses."""
+
+    dense_flops: float = 150e9  # torch sgemm on all threads, large shapes
+    dense_gemv_bw: float = 24e9  # torch at N=1 streams the weight
+    sparse_flops: float = 60e9  # MLIR scatter-form kernel (CSR-like) per thread, N >= 16
+    sparse_dot_flops: float = 8e9  # gather/dot form at N = 1
+    block_flops: float = 90e9  # MLIR BSR (dense inner blocks vectorize)
+    structured_flops: float = 15e9  # MLIR structured[n, m] level: its inner loop stays scalar
+    bandwidth: float = 20e9
+    threads: int = 2
+    thread_efficiency: float = 0.85
+    call_overhead: float = 8e-6  # Python + ctypes per kernel call
+    torch_overhead: float = 4e-6
+
+    def as_dict(self) -> dict:
+        """Plain dict (for the calibration cache)."""
+        return asdict(self)
+
+
+DEFAULT_MACHINE = Machine()
+
+
+def dense_time(out_f: int, in_f: int, n: int, m: Machine = DEFAULT_MACHINE) -> float:
+    """Predicted seconds of torch's dense F.linear."""
+    flops = 2.0 * n * out_f * in_f
+    bytes_ = 4.0 * (out_f * in_f + n * (out_f + in_f))
+    return max(flops / m.dense_flops, bytes_ / (m.dense_gemv_bw if n <= 4 else m.bandwidth)) + m.torch_overhead
+
+
+def sparse_time(
+    stored: int, index_bytes: int, out_f: int, in_f: int, n: int, rate: float, m: Machine = DEFAULT_MACHINE
+) -> float:
+    """Predicted seconds of a compiled sparse kernel that executes ``2 * n * stored`` FLOPs.
+
+    ``rate`` is the per-thread FLOP/s of the kernel family; rows are split across ``m.threads``.
+    The transposes of the activation in and out of the kernel's layout count as memory traffic.
+    """
+    threads = m.threads if stored * n > 200_000 else 1  # small kernels do not pay for a thread handoff
+    speedup = 1 + (threads - 1) * m.thread_efficiency
+    flops = 2.0 * n * stored
+    moved = 4.0 * stored + index_bytes + 8.0 * n * (out_f + in_f)
+    return max(flops / (rate * speedup), moved / m.bandwidth) + m.call_overhead * threads
