@@ -1,0 +1,83 @@
+"""Capture: torch.export of the model in eval mode, parameters lifted, ATen graph.
+
+Export is tried with every input dimension marked ``Dim.AUTO`` so that a different batch size or
+sequence length reuses the graph; if export refuses dynamic shapes it is retried static (the runtime
+then recompiles per shape). Export's own errors reach the user as CaptureError with its reason and a
+remedy; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils import _pytree as pytree
+
+from sparsec.errors import CaptureError
+
+log = logging.getLogger("sparsec")
+
+
+@dataclass
+class Captured:
+    """The exported program, its graph module and whether it captured dynamic dimensions."""
+
+    program: torch.export.ExportedProgram
+    module: torch.fx.GraphModule
+    dynamic: bool
+
+
+def _auto_dims(args: tuple):
+    """dynamic_shapes marking every dimension of every tensor input Dim.AUTO."""
+
+    def spec(x):
+        if isinstance(x, torch.Tensor):
+            return {d: torch.export.Dim.AUTO for d in range(x.dim())}
+        return None
+
+    return pytree.tree_map(spec, args)
+
+
+def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True) -> Captured:
+    """Export ``model`` (in eval mode; its training flag is restored afterwards)."""
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"sparse_compile needs a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(args, tuple):
+        raise CaptureError(f"example inputs must be a tuple, got {type(args).__name__} (write (x,) for one input)")
+    kwargs = kwargs or {}
+    was_training = model.training
+    model.eval()
+    try:
+        if dynamic and not kwargs:  # keyword inputs are captured static: the runtime recompiles per shape
+            try:
+                ep = torch.export.export(model, args, dynamic_shapes=_auto_dims(args))
+                return Captured(ep, ep.module(), dynamic=True)
+            except Exception as exc:  # fall back to a static capture; its error is the one users see
+                log.info("sparsec: dynamic-shape export failed (%s); retrying with static shapes", exc)
+        try:
+            ep = torch.export.export(model, args, kwargs)
+        except Exception as exc:
+            raise CaptureError(_explain(exc)) from exc
+        return Captured(ep, ep.module(), dynamic=False)
+    finally:
+        model.train(was_training)
+
+
+def _explain(exc: Exception) -> str:
+    """Export's reason, first lines only, with what to do about the common causes."""
+    text = str(exc).strip().splitlines()
+    head = "\n  ".join(text[:12])
+    kind = type(exc).__name__
+    hint = (
+        "torch.export could not trace the model. Common causes: Python control flow that depends on tensor "
+        "values (use torch.cond or move it out of forward), calls into non-PyTorch code (numpy, .item(), "
+        "printing tensors), or unsupported Python constructs. See "
+        "https://pytorch.org/docs/stable/export.html#limitations-of-torch-export"
+    )
+    if "data-dependent" in str(exc) or "Could not guard on data-dependent" in str(exc):
+        hint = (
+            "the model branches or sizes a tensor on tensor values (data-dependent control flow). "
+            "Rewrite the branch with torch.cond / torch.where, or keep that part outside the compiled model."
+        )
+    return f"sparsec could not capture the model ({kind}): {head}\nWhat to do: {hint}"

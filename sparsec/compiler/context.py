@@ -1,0 +1,21 @@
+"""What the passes share while compiling one model: options, example shapes, and each stage's text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from sparsec.compiler.options import CompileOptions
+
+
+@dataclass
+class CompileContext:
+    """Passed to every pass as ``ctx``; passes add facts to nodes, and stage texts here."""
+
+    options: CompileOptions
+    root: torch.nn.Module  # the user's model, whose parameters the graph reads
+    target: str = "cpu"
+    stages: dict[str, str] = field(default_factory=dict)
+    layers: list = field(default_factory=list)  # report rows, filled by select and lower
+    unsupported: list[str] = field(default_factory=list)  # ops left to torch, for the report

@@ -1,0 +1,37 @@
+"""Every knob of the compiler in one typed place (Triton's knobs module is the model)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+TARGETS = ("auto", "cpu", "gpu", "interpret")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Options of ``sparse_compile``; every field has a default that suits a first try."""
+
+    target: str = "auto"
+    #: only these format labels may be chosen (plus dense); None means every registered format
+    formats: tuple[str, ...] | None = None
+    #: choose this format for every layer that accepts it, whatever the cost model says (for testing)
+    force_format: str | None = None
+    #: threads the CPU kernels split rows across; 0 means torch.get_num_threads()
+    threads: int = 0
+    #: capture with dynamic dimensions so other batch sizes reuse the same compiled graph
+    dynamic: bool = True
+    #: weights smaller than this many entries stay dense (a kernel call costs more than they do)
+    min_weight_numel: int = 4096
+    #: fuse bias, activation and residual into the sparse kernel
+    fuse: bool = True
+    #: write every stage's text to this directory (also: env SPARSEC_DUMP_DIR)
+    dump_dir: str | None = field(default_factory=lambda: os.environ.get("SPARSEC_DUMP_DIR"))
+    #: at most this many shape-specialized variants per compiled model before an error
+    max_variants: int = 16
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")

@@ -1,0 +1,105 @@
+"""The pipeline: the ordered passes, in one list, and the stage texts each leaves behind.
+
+capture (torch.export) -> analyze -> select -> fuse -> lower; the report is read off the result.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch.fx import GraphModule
+
+from sparsec.compiler.context import CompileContext
+from sparsec.formats import registry
+from sparsec.formats.cost import DEFAULT_MACHINE
+from sparsec.passes import analyze, fuse, lower, select
+from sparsec.report.report import LayerReport, Report
+
+PASSES = [
+    # measure every constant weight of a matmul-like node; needs the exported graph with node.meta["val"]
+    ("analyze", analyze.run),
+    # pick a format per layer; needs the facts from analyze
+    ("select", select.run),
+    # attach activation / residual to each sparse layer; needs the chosen formats (dense layers are left alone)
+    ("fuse", fuse.run),
+    # replace each fused group by a SparseLinear call and compile its kernels; needs the fusion groups
+    ("lower", lower.run),
+]
+
+STAGES = ("fx", "sparse", "lowered", "mlir", "llvm")
+
+
+def sparse_stage_text(gm: GraphModule) -> str:
+    """The graph with each analyzed node's facts, format and fusion group as a comment."""
+    lines = []
+    for node in gm.graph.nodes:
+        lines.append(node.format_node() or "")
+        layer = node.meta.get("sparsec")
+        if layer is not None:
+            fused = [n.name for n in layer.fused_nodes]
+            lines.append(f"    # sparsec: {layer.name} {layer.facts.summary()}")
+            lines.append(f"    #   format={layer.format} ({layer.reason}); fused={fused or '-'}")
+    return "\n".join(lines)
+
+
+def run_passes(gm: GraphModule, ctx: CompileContext) -> GraphModule:
+    """Run every pass in order, recording the stage texts users can ask for with ``ir()``."""
+    ctx.stages["fx"] = str(gm.graph)
+    for name, fn in PASSES:
+        if name == "lower":
+            ctx.stages["sparse"] = sparse_stage_text(gm)
+        gm = fn(gm, ctx)
+    ctx.stages["lowered"] = gm.code
+    kernels = {}
+    for layer in layers_of(gm):
+        if layer.module is not None:
+            for k in layer.module.kernels(layer.n):
+                kernels[k.spec] = k
+    ctx.stages["mlir"] = "\n".join(f"// kernel {k.spec.name}\n{k.mlir}" for k in kernels.values())
+    ctx.stages["llvm"] = "\n".join(f"// kernel {k.spec.name}\n{k.llvm}" for k in kernels.values())
+    _dump(ctx)
+    return gm
+
+
+def build_report(gm: GraphModule) -> Report:
+    """The per-layer report of a lowered graph."""
+    rep = Report()
+    for layer in layers_of(gm):
+        out_f, in_f = layer.facts.shape
+        n = layer.n
+        fmt = registry.get_format(layer.format)
+        module = layer.module
+        stored = module.stored if module is not None else fmt.stored_values(layer.facts)
+        sparse_bytes = module.nbytes if module is not None else fmt.sparse_bytes(layer.facts)
+        pred_dense = layer.costs.get("dense") or registry.get_format("dense").cost(layer.facts, n, DEFAULT_MACHINE)
+        pred = layer.costs.get(layer.format, pred_dense)
+        fused = "+".join(x for x in ([layer.activation] if layer.activation else []) +
+                         (["residual"] if layer.residual is not None else []))
+        if layer.format != "dense" and layer.m.bias is not None:
+            fused = "bias" + ("+" + fused if fused else "")
+        rep.layers.append(LayerReport(
+            name=layer.name, format=layer.format, shape=(out_f, in_f), n=n, density=layer.facts.density,
+            dense_flops=2 * n * out_f * in_f, sparse_flops=2 * n * stored,
+            dense_bytes=4 * out_f * in_f, sparse_bytes=int(sparse_bytes),
+            predicted_dense_us=pred_dense * 1e6, predicted_us=pred * 1e6, reason=layer.reason, fused=fused,
+        ))
+    rep.torch_ops = [
+        str(node.target).replace("aten.", "").split(".")[0]
+        for node in gm.graph.nodes
+        if node.op == "call_function" and "sym_size" not in str(node.target)
+    ]
+    return rep
+
+
+def _dump(ctx: CompileContext) -> None:
+    if not ctx.options.dump_dir:
+        return
+    os.makedirs(ctx.options.dump_dir, exist_ok=True)
+    for stage, text in ctx.stages.items():
+        with open(os.path.join(ctx.options.dump_dir, f"{stage}.txt"), "w") as f:
+            f.write(text)
+
+
+def layers_of(gm: GraphModule) -> list:
+    """The SparseLayer of every analyzed node (lowered or dense), in graph order."""
+    return [n.meta["sparsec"] for n in gm.graph.nodes if "sparsec" in n.meta]

@@ -1,0 +1,80 @@
+"""analyze: for every weight feeding a matmul-like op, measure density, N:M, block fill, empty rows/cols.
+
+Facts go to ``node.meta["sparsec"]`` (a SparseLayer) on the matmul node; ``ir("sparse")`` prints them.
+The example row count N (rows of the flattened activation) is recorded for the cost model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.fx import GraphModule
+from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+from sparsec.compiler.context import CompileContext
+from sparsec.formats.facts import WeightFacts, compute_facts
+from sparsec.passes.matmul_like import MatmulMatch, get_constant, match
+
+
+@dataclass
+class SparseLayer:
+    """What the passes know about one matmul-like node."""
+
+    name: str  # layer name for the report (the weight's name without ".weight")
+    m: MatmulMatch
+    facts: WeightFacts
+    n: int  # example rows
+    dtype: torch.dtype
+    format: str = "dense"
+    reason: str = ""
+    costs: dict[str, float] = field(default_factory=dict)  # label -> predicted seconds
+    rejected: dict[str, str] = field(default_factory=dict)  # label -> why not
+    activation: str | None = None  # set by fuse
+    residual_index: int | None = None  # set by fuse: which operand of the last fused add is the residual
+    fused_nodes: list = field(default_factory=list)  # nodes the kernel absorbs after the matmul
+    module_name: str | None = None  # set by lower: the SparseLinear submodule that runs the group
+    module: object = None
+
+    @property
+    def residual(self):
+        """The residual operand node (read from the graph, which earlier rewrites keep up to date)."""
+        if self.residual_index is None:
+            return None
+        return self.fused_nodes[-1].args[self.residual_index]
+
+
+def effective_weight(gm: GraphModule, m: MatmulMatch) -> torch.Tensor:
+    """The weight as [out, in], whatever layout the graph stores it in."""
+    w = get_constant(gm, m.weight)
+    return w.t() if m.transposed else w
+
+
+def _example_rows(node) -> int:
+    """Rows of the flattened activation at the example inputs (1 if unknown)."""
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor) and val.dim() >= 1:
+        rows = 1
+        for s in val.shape[:-1]:
+            rows *= int(optimization_hint(s, fallback=1))
+        return max(rows, 1)
+    return 1
+
+
+def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
+    """Annotate every matmul-like node that reads a constant 2-d weight."""
+    lines = []
+    for node in gm.graph.nodes:
+        m = match(gm, node)
+        if m is None:
+            continue
+        w = effective_weight(gm, m)
+        if w.dim() != 2:
+            continue
+        facts = compute_facts(w)
+        name = m.weight[: -len(".weight")] if m.weight.endswith(".weight") else m.weight
+        layer = SparseLayer(name, m, facts, _example_rows(node), w.dtype)
+        node.meta["sparsec"] = layer
+        lines.append(f"{node.name}: {name} {facts.summary()}")
+    ctx.stages["facts"] = "\n".join(lines)
+    return gm

@@ -1,0 +1,81 @@
+"""select: ask every registered format, in priority order, whether it accepts each weight and at what cost.
+
+The cheapest wins; dense whenever no sparse format is predicted faster. Each layer keeps the cost of
+every candidate and the reason each one lost, so the report can say why the winner won.
+"""
+
+from __future__ import annotations
+
+from torch.fx import GraphModule
+
+import torch
+
+from sparsec.compiler.context import CompileContext
+from sparsec.formats import registry
+from sparsec.formats.cost import DEFAULT_MACHINE
+
+_DENSE = "dense"
+
+
+def _candidates(ctx: CompileContext):
+    allowed = ctx.options.formats
+    for fmt in registry.formats():
+        if fmt.label == _DENSE or allowed is None or fmt.label in allowed or fmt.name in allowed:
+            yield fmt
+
+
+def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
+    """Choose a format for every analyzed layer."""
+    machine = getattr(ctx, "machine", None) or DEFAULT_MACHINE
+    lines = []
+    for node in gm.graph.nodes:
+        layer = node.meta.get("sparsec")
+        if layer is None:
+            continue
+        facts = layer.facts
+        if layer.dtype != torch.float32:
+            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype} (the CPU kernels are float32)"
+        elif facts.numel < ctx.options.min_weight_numel:
+            layer.format, layer.reason = _DENSE, f"small weight ({facts.numel} < {ctx.options.min_weight_numel} entries)"
+        else:
+            _choose(layer, ctx, machine)
+        lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
+    ctx.stages["select"] = "\n".join(lines)
+    return gm
+
+
+def _choose(layer, ctx: CompileContext, machine) -> None:
+    facts, n = layer.facts, layer.n
+    for fmt in _candidates(ctx):
+        why_not = fmt.accepts(facts)
+        if why_not is not None:
+            layer.rejected[fmt.label] = why_not
+            continue
+        layer.costs[fmt.label] = fmt.cost(facts, n, machine)
+    dense_cost = layer.costs[_DENSE]
+    forced = ctx.options.force_format
+    if forced is not None and forced in layer.costs:
+        layer.format = forced
+        layer.reason = f"forced by force_format={forced!r}"
+        return
+    if forced is not None:
+        layer.format = _DENSE
+        layer.reason = f"force_format={forced!r} rejected: {layer.rejected.get(forced, 'not registered')}"
+        return
+    best = min(layer.costs, key=layer.costs.get)
+    layer.format = best
+    if best == _DENSE:
+        sparse = {k: v for k, v in layer.costs.items() if k != _DENSE}
+        if sparse:
+            alt = min(sparse, key=sparse.get)
+            layer.reason = (
+                f"no sparse format predicted faster: best {alt} {sparse[alt] * 1e6:.0f} us vs dense "
+                f"{dense_cost * 1e6:.0f} us at N={n}"
+            )
+        else:
+            layer.reason = "no sparse format accepts this weight"
+    else:
+        layer.reason = (
+            f"{best} predicted {layer.costs[best] * 1e6:.0f} us vs dense {dense_cost * 1e6:.0f} us at N={n} "
+            f"({dense_cost / layer.costs[best]:.1f}x)"
+        )

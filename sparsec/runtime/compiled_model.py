@@ -1,0 +1,209 @@
+"""CompiledModel: the nn.Module users call. Runs the lowered graph; checks inputs and weights first.
+
+- Inputs are checked against the example inputs before any kernel runs: count, type, dtype, device,
+  rank, and every dimension the model fixes. A new batch size or sequence length reuses the graph when
+  the capture was dynamic, else compiles a shape-specialized variant (kernels are shared).
+- Weights: every parameter and buffer of the user's model is watched (identity, storage and autograd
+  version counter). Any change — ``load_state_dict``, an optimizer step, in-place edits under no_grad,
+  assigning a new Parameter — makes the next call recompile (re-analyze, re-select, re-pack), so a
+  compiled model never returns results for stale weights. Writes through ``.data`` bypass the version
+  counter; call ``refresh()`` after those.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch.utils import _pytree as pytree
+
+from sparsec.compiler.capture import Captured, capture
+from sparsec.compiler.context import CompileContext
+from sparsec.compiler.options import CompileOptions
+from sparsec.compiler.pipeline import STAGES, build_report, run_passes
+from sparsec.errors import CaptureError, InputError
+from sparsec.report.report import Report
+
+log = logging.getLogger("sparsec")
+
+
+@dataclass
+class _Variant:
+    captured: Captured
+    module: torch.fx.GraphModule
+    ctx: CompileContext
+    report: Report
+    specs: list  # per flattened input: (shape with None for dynamic dims, ranges) or a constant
+
+
+def _fingerprint(model: torch.nn.Module) -> dict[str, tuple]:
+    state = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        state[name] = (id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype)
+    return state
+
+
+class CompiledModel(torch.nn.Module):
+    """A model compiled by ``sparse_compile``; call it like the original."""
+
+    def __init__(self, model: torch.nn.Module, args: tuple, kwargs: dict | None, options: CompileOptions) -> None:
+        super().__init__()
+        self._model = [model]  # a list so nn.Module does not register the user's model as a child
+        self.options = options
+        self._example_flat, self._in_spec = pytree.tree_flatten((args, kwargs or {}))
+        self._lock = threading.RLock()
+        self._variants: list[_Variant] = []
+        self._compile(args, kwargs or {})
+
+    # --- compiling ----------------------------------------------------------------------------------
+    def _compile(self, args: tuple, kwargs: dict) -> _Variant:
+        model = self._model[0]
+        # Only the first capture is dynamic: later variants exist because a shape fell outside its ranges.
+        dynamic = self.options.dynamic and not self._variants
+        cap = capture(model, args, kwargs, dynamic=dynamic)
+        ctx = CompileContext(options=self.options, root=model, target="cpu")
+        gm = run_passes(cap.module, ctx)
+        variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap))
+        self._variants.append(variant)
+        self._weights = _fingerprint(model)
+        if len(self._variants) == 1:  # the example's variant is the one users inspect
+            self._primary = variant
+        return variant
+
+    def refresh(self) -> None:
+        """Recompile from the model's current weights (needed only after writes through ``.data``)."""
+        with self._lock:
+            args, kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
+            self._variants.clear()
+            self._compile(args, kwargs)
+
+    # --- calling ------------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        """Check inputs and weights, then run the lowered graph of the matching shape variant."""
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        self._check_inputs(flat, spec)
+        with self._lock:
+            if _fingerprint(self._model[0]) != self._weights:
+                log.info("sparsec: the model's weights changed since compiling; recompiling")
+                self._variants.clear()
+                ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
+                self._compile(ex_args, ex_kwargs)
+            variant = self._find_variant(flat)
+            if variant is None:
+                variant = self._new_variant(args, kwargs, flat)
+        return variant.module(*args, **kwargs)
+
+    def _check_inputs(self, flat: list, spec) -> None:
+        if spec != self._in_spec:
+            raise InputError(
+                f"the compiled model takes inputs structured as {self._in_spec}, got {spec} "
+                f"(wrong number of inputs or keyword names?)"
+            )
+        for i, (got, ex) in enumerate(zip(flat, self._example_flat, strict=True)):
+            if isinstance(ex, torch.Tensor):
+                if not isinstance(got, torch.Tensor):
+                    raise InputError(f"input {i}: expected a tensor, got {type(got).__name__}")
+                if got.dtype != ex.dtype:
+                    raise InputError(f"input {i}: dtype {got.dtype}, the model was compiled for {ex.dtype}")
+                if got.device != ex.device:
+                    raise InputError(f"input {i}: on device {got.device}, the model was compiled for {ex.device}")
+                if got.dim() != ex.dim():
+                    raise InputError(
+                        f"input {i}: shape {tuple(got.shape)} has rank {got.dim()}, the model was compiled for "
+                        f"rank {ex.dim()} (example shape {tuple(ex.shape)})"
+                    )
+                fixed = self._primary.specs[i]
+                if self._primary.captured.dynamic and fixed is not None:
+                    for d, (size, want) in enumerate(zip(got.shape, fixed[0], strict=True)):
+                        if want is not None and size != want:
+                            raise InputError(
+                                f"input {i}: shape {tuple(got.shape)}, but dimension {d} must be {want} "
+                                f"(the model fixes it; example shape {tuple(ex.shape)})"
+                            )
+
+    def _find_variant(self, flat: list) -> _Variant | None:
+        for v in self._variants:
+            if all(_fits(s, x) for s, x in zip(v.specs, flat, strict=True)):
+                return v
+        return None
+
+    def _new_variant(self, args, kwargs, flat) -> _Variant:
+        if len(self._variants) >= self.options.max_variants:
+            shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
+            raise InputError(
+                f"input shapes {shapes} need a new compiled variant, and this model has "
+                f"{len(self._variants)} already (max_variants={self.options.max_variants})"
+            )
+        log.info("sparsec: compiling a variant for input shapes %s", [getattr(x, "shape", x) for x in flat])
+        try:
+            return self._compile(args, kwargs)
+        except CaptureError as exc:
+            shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
+            raise InputError(f"the model cannot run on input shapes {shapes}: {exc}") from exc
+
+    # --- inspecting ---------------------------------------------------------------------------------
+    def report(self) -> Report:
+        """The per-layer report of the example inputs' variant."""
+        return self._primary.report
+
+    def ir(self, stage: str) -> str:
+        """The text of one stage for this model: one of ``sparsec.STAGES``."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
+        return self._primary.ctx.stages.get(stage, "")
+
+    @property
+    def graph_module(self) -> torch.fx.GraphModule:
+        """The lowered fx graph module of the example inputs' variant."""
+        return self._primary.module
+
+
+def _input_specs(cap: Captured) -> list:
+    """For every flattened user input: (shape with None for dynamic dims, (min, max) per dim), else None."""
+    from torch.fx.experimental.symbolic_shapes import free_symbols
+
+    ep = cap.program
+    ranges = {str(k): (v.lower, v.upper) for k, v in ep.range_constraints.items()}
+    user_inputs = set(ep.graph_signature.user_inputs)
+    specs = []
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            specs.append(("const", val))
+            continue
+        shape, rng = [], []
+        for s in val.shape:
+            if isinstance(s, int):
+                shape.append(s)
+                rng.append((s, s))
+            else:
+                shape.append(None)
+                syms = [str(x) for x in free_symbols(s)]
+                lo, hi = ranges.get(syms[0], (0, None)) if len(syms) == 1 else (0, None)
+                rng.append((lo, hi))
+        specs.append((tuple(shape), tuple(rng)))
+    return specs
+
+
+def _fits(spec, x) -> bool:
+    if spec is None:
+        return True
+    if spec[0] == "const":
+        return not isinstance(x, torch.Tensor) and (spec[1] is None or x == spec[1])
+    if not isinstance(x, torch.Tensor) or x.dim() != len(spec[0]):
+        return False
+    for size, (lo, hi) in zip(x.shape, spec[1], strict=True):
+        if size < lo or (hi is not None and _finite(hi) and size > hi):
+            return False
+    return True
+
+
+def _finite(v) -> bool:
+    try:
+        return float(v) != float("inf")
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,169 @@
+"""SparseLinear: the runtime module that replaces one fused group (matmul + epilogue) in the graph.
+
+It holds the packed weight, split into row slabs (one per thread), and calls the compiled kernel of
+each slab. Kernels are specialized to the row count N of the call and shared through the kernel cache,
+so a new batch size costs one compile per distinct (slab shape, format, epilogue), not per layer.
+
+Data layout: for N >= 2 the kernel computes Y^T = W X^T (the dense N dimension innermost, vectorized);
+the activation is transposed into [in, N] and the result is returned as a transposed view, so a chain of
+sparse layers passes [out, N] buffers along without copies. For N == 1 the dot form reads x directly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsec.codegen.mlir.jit import CompiledKernel, compile_kernel, numpy_descriptor, torch_descriptor
+from sparsec.codegen.spec import KernelSpec, vector_length
+from sparsec.errors import InputError
+from sparsec.formats.base import PackedWeight, SparseFormat
+from sparsec.runtime.threads import run_parallel
+
+#: below this many multiply-adds a call runs on one thread (the handoff costs more than it saves)
+PARALLEL_MIN_WORK = 400_000
+
+
+class SparseLinear(torch.nn.Module):
+    """``act(x @ W^T + bias) + residual`` with W in a sparse format, run by MLIR-compiled kernels."""
+
+    def __init__(
+        self,
+        name: str,
+        fmt: SparseFormat,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        activation: str | None,
+        has_residual: bool,
+        threads: int = 1,
+    ) -> None:
+        super().__init__()
+        if weight.dim() != 2:
+            raise InputError(f"{name}: weight must be 2-d [out, in], got shape {tuple(weight.shape)}")
+        self.layer_name = name
+        self.fmt = fmt
+        self.out_features, self.in_features = weight.shape
+        self.activation = activation
+        self.has_residual = has_residual
+        self.slabs = self._pack(weight.detach().float(), bias, max(1, threads))
+        self.stored = sum(p.stored for p, _, _ in self.slabs)
+        self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
+        self._kernels: dict[int, list[CompiledKernel]] = {}
+
+    def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
+        """Split rows into ``threads`` slabs (aligned to the format's row block) and pack each one."""
+        row_block = self.fmt.lmap.block[0]
+        rows = self.out_features
+        per = -(-rows // threads)
+        per = -(-per // row_block) * row_block
+        slabs = []
+        for r0 in range(0, rows, per):
+            r1 = min(rows, r0 + per)
+            packed = self.fmt.pack(w[r0:r1])
+            b = None
+            if bias is not None:
+                b = torch.zeros(packed.padded_shape[0])
+                b[: r1 - r0] = bias.detach().float()[r0:r1]
+            slabs.append((packed, b, (r0, r1)))
+        return slabs
+
+    def spec(self, packed: PackedWeight, n: int) -> KernelSpec:
+        """The kernel spec of one slab for ``n`` rows of input."""
+        rows, cols = packed.padded_shape
+        return KernelSpec(
+            format=self.fmt.label,
+            level_map=self.fmt.level_map,
+            rows=rows,
+            cols=cols,
+            n=n,
+            form="dot" if n == 1 else "scatter",
+            bias=self.slabs[0][1] is not None,
+            activation=self.activation,
+            residual=self.has_residual,
+            vl=vector_length(n) if n > 1 else 0,
+        )
+
+    def kernels(self, n: int) -> list[CompiledKernel]:
+        """The compiled kernel of every slab for ``n`` input rows (compiled on first use)."""
+        ks = self._kernels.get(n)
+        if ks is None:
+            ks = [compile_kernel(self.spec(p, n)) for p, _, _ in self.slabs]
+            self._kernels[n] = ks
+        return ks
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the fused layer on ``x`` [..., in]; ``residual`` [..., out] when the group fused one."""
+        if x.dtype != torch.float32:
+            raise InputError(f"{self.layer_name}: input dtype {x.dtype}, the CPU kernel takes torch.float32")
+        if x.device.type != "cpu":
+            raise InputError(f"{self.layer_name}: input on {x.device}, the CPU kernel takes CPU tensors")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise InputError(
+                f"{self.layer_name}: input shape {tuple(x.shape)}, expected [..., {self.in_features}]"
+            )
+        lead = x.shape[:-1]
+        n = 1
+        for s in lead:
+            n *= int(s)
+        if n == 0:
+            out = torch.zeros(*lead, self.out_features)
+            return out + residual if residual is not None else out
+        x2 = x.reshape(n, self.in_features)
+        r2 = residual.reshape(n, self.out_features) if residual is not None else None
+        cols = self.slabs[0][0].padded_shape[1]
+        kernels = self.kernels(n)
+        if n == 1:
+            xt = x2.reshape(-1)
+            if cols != self.in_features or not xt.is_contiguous():
+                xt = torch.zeros(cols).copy_(torch.nn.functional.pad(xt, (0, cols - self.in_features)))
+        else:
+            xt = x2.t()
+            if cols != self.in_features:
+                xt = torch.nn.functional.pad(xt, (0, 0, 0, cols - self.in_features))
+            xt = xt.contiguous()
+        x_desc = torch_descriptor(xt)
+        total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
+        out = torch.empty((total_rows,) if n == 1 else (total_rows, n))
+        tasks, offset = [], 0
+        for (packed, bias, (r0, r1)), kern in zip(self.slabs, kernels, strict=True):
+            rows = packed.padded_shape[0]
+            descs = [numpy_descriptor(packed.buffers[b]) for b in self.fmt.lmap.buffer_names()]
+            descs.append(x_desc)
+            if bias is not None:
+                descs.append(torch_descriptor(bias))
+            if r2 is not None:
+                res = torch.zeros((rows,) if n == 1 else (rows, n))
+                res[: r1 - r0] = r2[:, r0:r1].reshape(-1) if n == 1 else r2[:, r0:r1].t()
+                descs.append(torch_descriptor(res))
+            else:
+                res = None
+            o = out[offset : offset + rows]
+            descs.append(torch_descriptor(o))
+            offset += rows
+            # keep the buffers alive until the kernel ran: the descriptors hold raw pointers
+            tasks.append(lambda k=kern, d=descs, keep=(res, o): k(d))
+        if len(tasks) > 1 and self.stored * n < PARALLEL_MIN_WORK:
+            for t in tasks:
+                t()
+        else:
+            run_parallel(tasks)
+        if len(self.slabs) > 1 or total_rows != self.out_features:
+            out = self._gather_rows(out)
+        y = out.reshape(1, -1) if n == 1 else out.t()
+        return y.reshape(*lead, self.out_features)
+
+    def _gather_rows(self, out: torch.Tensor) -> torch.Tensor:
+        """Drop the padding rows each slab added (only when the format padded rows)."""
+        parts, offset = [], 0
+        for packed, _, (r0, r1) in self.slabs:
+            parts.append(out[offset : offset + (r1 - r0)])
+            offset += packed.padded_shape[0]
+        if all(p.padded_shape[0] == r1 - r0 for p, _, (r0, r1) in self.slabs):
+            return out
+        return torch.cat(parts)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.layer_name}: {self.in_features}->{self.out_features} format={self.fmt.label} "
+            f"stored={self.stored} activation={self.activation} residual={self.has_residual} "
+            f"slabs={len(self.slabs)}"
+        )
