@@ -20,11 +20,14 @@ def _dot_acc(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 dot_acc = _dual.kernel(_dot_acc)
 
 
-def dot_settings(dtype: torch.dtype, interpret: bool) -> tuple[str, bool]:
+def dot_settings(dtype: torch.dtype, interpret: bool, tf32: bool | None = None) -> tuple[str, bool]:
     """Return (input_precision, upcast) for ``dot_acc`` on ``dtype`` tiles.
 
-    fp32 follows ``torch.backends.cuda.matmul.allow_tf32`` so a sparse layer rounds like the dense
-    ``F.linear`` it replaces (TF32 tensor cores when allowed, exact fp32 FMA otherwise).
+    fp32 uses TF32 tensor cores when ``tf32`` is True, exact fp32 FMA when False; None follows
+    ``torch.backends.cuda.matmul.allow_tf32`` so a sparse layer rounds like the dense ``F.linear``
+    it replaces.
     """
-    prec = "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if tf32 is None:
+        tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    prec = "tf32" if dtype == torch.float32 and tf32 else "ieee"
     return prec, bool(interpret and dtype == torch.bfloat16)

@@ -108,6 +108,7 @@ def plan_bsr(
     residual2d: torch.Tensor | None,
     interpret: bool,
     config: LaunchConfig | None = None,
+    tf32: bool | None = None,
 ) -> _dual.Launch:
     """Build the launch of :data:`bsr_kernel` for already-validated 2-D operands."""
     bh, bw = block
@@ -117,7 +118,7 @@ def plan_bsr(
     bh_p, bw_p = max(16, next_pow2(bh)), next_pow2(bw)
     if cfg.block_o != bh_p or cfg.block_k != bw_p:
         raise ValueError(f"BSR config must have block_o={bh_p} and block_k={bw_p} for a {bh}x{bw} block")
-    prec, upcast = dot_settings(x2d.dtype, interpret)
+    prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
     return _dual.Launch(
         kernel=bsr_kernel,
         grid=(out_blocks, -(-n_rows // cfg.block_n)),

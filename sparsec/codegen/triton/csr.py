@@ -99,6 +99,7 @@ def plan_csr(
     residual2d: torch.Tensor | None,
     interpret: bool,
     config: LaunchConfig | None = None,
+    tf32: bool | None = None,
 ) -> _dual.Launch:
     """Build the launch of :data:`csr_kernel` for already-validated 2-D operands.
 
@@ -112,7 +113,7 @@ def plan_csr(
         stride_xk, stride_xn = xk.stride(0), xk.stride(1)
     else:
         xk, stride_xk, stride_xn = x2d, x2d.stride(1), x2d.stride(0)
-    prec, upcast = dot_settings(x2d.dtype, interpret)
+    prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
     return _dual.Launch(
         kernel=csr_kernel,
         grid=(-(-out_features // cfg.block_o), -(-n_rows // cfg.block_n)),

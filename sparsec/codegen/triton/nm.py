@@ -111,12 +111,13 @@ def plan_nm(
     residual2d: torch.Tensor | None,
     interpret: bool,
     config: LaunchConfig | None = None,
+    tf32: bool | None = None,
 ) -> _dual.Launch:
     """Build the launch of :data:`nm_kernel` for already-validated 2-D operands."""
     n_rows, in_features = x2d.shape
     out_features = values.shape[0]
     cfg = config or nm_config(n_rows, out_features, m, x2d.element_size())
-    prec, upcast = dot_settings(x2d.dtype, interpret)
+    prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
     return _dual.Launch(
         kernel=nm_kernel,
         grid=(-(-out_features // cfg.block_o), -(-n_rows // cfg.block_n)),
