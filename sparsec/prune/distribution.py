@@ -24,7 +24,7 @@ def layer_densities(shapes: Mapping[str, Sequence[int]], sparsity: float,
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
     density = 1.0 - sparsity
-    if distribution == "uniform":
+    if distribution == "uniform" or not shapes:
         return {name: density for name in shapes}
     numel = {name: math.prod(s) for name, s in shapes.items()}
     raw = {name: sum(s) / math.prod(s) for name, s in shapes.items()}
@@ -32,6 +32,9 @@ def layer_densities(shapes: Mapping[str, Sequence[int]], sparsity: float,
     while True:
         budget = density * sum(numel.values()) - sum(numel[n] for n in dense)
         free = [n for n in shapes if n not in dense]
+        if not free:  # everything is dense (sparsity ~ 0): nothing left to scale
+            eps = 0.0
+            break
         eps = budget / sum(raw[n] * numel[n] for n in free)
         too_dense = [n for n in free if eps * raw[n] > 1.0]
         if not too_dense:
