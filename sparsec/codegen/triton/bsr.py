@@ -114,11 +114,12 @@ def plan_bsr(
     bh, bw = block
     n_rows, in_features = x2d.shape
     out_blocks = indptr.shape[0] - 1
-    cfg = config or bsr_config(n_rows, out_blocks, bh, bw, x2d.element_size())
+    prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
+    tensor_cores = prec == "tf32" or x2d.dtype != torch.float32  # exact fp32 dots run on FMA units
+    cfg = config or bsr_config(n_rows, out_blocks, bh, bw, x2d.element_size(), tensor_cores=tensor_cores)
     bh_p, bw_p = max(16, next_pow2(bh)), next_pow2(bw)
     if cfg.block_o != bh_p or cfg.block_k != bw_p:
         raise ValueError(f"BSR config must have block_o={bh_p} and block_k={bw_p} for a {bh}x{bw} block")
-    prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
     return _dual.Launch(
         kernel=bsr_kernel,
         grid=(out_blocks, -(-n_rows // cfg.block_n)),

@@ -10,7 +10,10 @@ launch of that shape would compile (same constexprs, launch parameters and align
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import subprocess
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -197,3 +200,22 @@ def kernel_source(kernel_name: str) -> str:
 
     visit(_KERNELS[kernel_name])
     return "\n\n".join(inspect.getsource(f.fn) for f in seen)
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """Registers, spill (local) memory, static shared memory and stack of a cubin's kernel.
+
+    Read with the ``cuobjdump`` shipped in the triton wheel (no GPU needed); ``{}`` if it is missing.
+    ``LOCAL`` > 0 means register spills.
+    """
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    usage: dict[str, int] = {}
+    for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text):
+        usage.setdefault(key, int(value))
+    return usage

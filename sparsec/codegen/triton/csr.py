@@ -107,13 +107,14 @@ def plan_csr(
     layouts coincide.
     """
     n_rows, in_features = x2d.shape
-    cfg = config or csr_config(n_rows, out_features, x2d.element_size())
+    prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
+    tensor_cores = prec == "tf32" or x2d.dtype != torch.float32  # exact fp32 dots run on FMA units
+    cfg = config or csr_config(n_rows, out_features, x2d.element_size(), tensor_cores=tensor_cores)
     if n_rows > 1:
         xk = x2d.t().contiguous()
         stride_xk, stride_xn = xk.stride(0), xk.stride(1)
     else:
         xk, stride_xk, stride_xn = x2d, x2d.stride(1), x2d.stride(0)
-    prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
     return _dual.Launch(
         kernel=csr_kernel,
         grid=(-(-out_features // cfg.block_o), -(-n_rows // cfg.block_n)),

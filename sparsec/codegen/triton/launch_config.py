@@ -12,7 +12,9 @@ Why a cost model rather than autotuning:
 The model: tiles are as large as the dense dimension N needs (the weight tile is re-read once per
 N-tile, so fewer N-tiles means less weight traffic) but small enough that the grid still has about
 two programs per SM; warps grow with the accumulator size; pipeline stages fill ~96 KiB of shared
-memory, which keeps two CTAs per SM on A100/H100. ``benchmarks/bench_gpu.py --sweep`` times the
+memory, which keeps two CTAs per SM on A100/H100. Exact-fp32 dots (no TF32) run on the FMA units,
+where a 128-row tile only inflates code size and registers, so they stop at 64 rows and 32-wide
+reduction steps. ``benchmarks/bench_gpu.py --sweep`` times the
 neighbouring configurations on a real GPU to check the model's picks.
 """
 
@@ -74,29 +76,30 @@ def _warps(acc_elems: int) -> int:
     return 8 if acc_elems > 64 * 128 else 4
 
 
-def bsr_config(n_rows: int, out_blocks: int, bh: int, bw: int, elem_bytes: int) -> LaunchConfig:
+def bsr_config(n_rows: int, out_blocks: int, bh: int, bw: int, elem_bytes: int,
+               tensor_cores: bool = True) -> LaunchConfig:
     """Config for the BSR kernel: ``out_blocks`` block rows of a (bh, bw) blocked weight."""
     bh_p, bw_p = max(16, next_pow2(bh)), next_pow2(bw)
-    bn = _block_n(n_rows, out_blocks)
+    bn = _block_n(n_rows, out_blocks, 128 if tensor_cores else 64)
     stage = (bh_p * bw_p + bn * bw_p) * elem_bytes
     return LaunchConfig(block_n=bn, block_o=bh_p, block_k=bw_p, num_warps=_warps(bn * bh_p),
                         num_stages=_stages(stage))
 
 
-def csr_config(n_rows: int, out_features: int, elem_bytes: int) -> LaunchConfig:
+def csr_config(n_rows: int, out_features: int, elem_bytes: int, tensor_cores: bool = True) -> LaunchConfig:
     """Config for the CSR kernel: 16 weight rows per program, 32 nonzeros per step."""
     block_o, block_k = 16, 32
-    bn = _block_n(n_rows, -(-out_features // block_o))
+    bn = _block_n(n_rows, -(-out_features // block_o), 128 if tensor_cores else 64)
     stage = (bn * block_k + block_k * block_o) * elem_bytes
     return LaunchConfig(block_n=bn, block_o=block_o, block_k=block_k, num_warps=_warps(bn * block_o),
                         num_stages=_stages(stage))
 
 
-def nm_config(n_rows: int, out_features: int, m: int, elem_bytes: int) -> LaunchConfig:
+def nm_config(n_rows: int, out_features: int, m: int, elem_bytes: int, tensor_cores: bool = True) -> LaunchConfig:
     """Config for the N:M kernel: 64 (32 on narrow grids) outputs x 64 dense inputs per step."""
-    block_k = max(64, next_pow2(m))
+    block_k = max(64 if tensor_cores else 32, next_pow2(m))
     block_o = 64 if -(-out_features // 64) * -(-n_rows // 64) >= 2 * NUM_SMS else 32
-    bn = _block_n(n_rows, -(-out_features // block_o))
+    bn = _block_n(n_rows, -(-out_features // block_o), 128 if tensor_cores else 64)
     stage = (bn * block_k + block_k * block_o) * elem_bytes
     return LaunchConfig(block_n=bn, block_o=block_o, block_k=block_k, num_warps=_warps(bn * block_o),
                         num_stages=_stages(stage))

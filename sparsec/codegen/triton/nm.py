@@ -116,8 +116,9 @@ def plan_nm(
     """Build the launch of :data:`nm_kernel` for already-validated 2-D operands."""
     n_rows, in_features = x2d.shape
     out_features = values.shape[0]
-    cfg = config or nm_config(n_rows, out_features, m, x2d.element_size())
     prec, upcast = dot_settings(x2d.dtype, interpret, tf32)
+    tensor_cores = prec == "tf32" or x2d.dtype != torch.float32  # exact fp32 dots run on FMA units
+    cfg = config or nm_config(n_rows, out_features, m, x2d.element_size(), tensor_cores=tensor_cores)
     return _dual.Launch(
         kernel=nm_kernel,
         grid=(-(-out_features // cfg.block_o), -(-n_rows // cfg.block_n)),
