@@ -74,7 +74,7 @@ def build_report(gm: GraphModule) -> Report:
         pred_dense = layer.costs.get("dense") or registry.get_format("dense").cost(layer.facts, n, DEFAULT_MACHINE)
         pred = layer.costs.get(layer.format, pred_dense)
         fused = "+".join(x for x in ([layer.activation] if layer.activation else []) +
-                         (["residual"] if layer.residual is not None else []))
+                         (["residual"] if layer.residual_index is not None else []))
         if layer.format != "dense" and layer.m.bias is not None:
             fused = "bias" + ("+" + fused if fused else "")
         rep.layers.append(LayerReport(

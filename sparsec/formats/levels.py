@@ -73,9 +73,16 @@ class LevelMap:
         return b[0], b[1]
 
     def padded_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """``shape`` rounded up to a multiple of the map's block, which MLIR requires."""
-        bh, bw = self.block
-        return -(-shape[0] // bh) * bh, -(-shape[1] // bw) * bw
+        """``shape`` rounded up to a multiple of the map's block, which MLIR requires.
+
+        A blocked dimension also spans at least two blocks: with one, ``i floordiv b`` folds to the
+        constant 0 and MLIR's sparsifier rejects (structured levels) or crashes on (BSR) the map.
+        """
+
+        def pad(d: int, b: int) -> int:
+            return max(-(-d // b) * b, 2 * b) if b > 1 else d
+
+        return pad(shape[0], self.block[0]), pad(shape[1], self.block[1])
 
     def buffer_names(self) -> list[str]:
         """Names of the buffers in sparse-assembler order, e.g. ``['pos1', 'crd1', 'values']``."""
@@ -145,7 +152,7 @@ def pack_levels(dense: np.ndarray, lmap: LevelMap) -> dict[str, np.ndarray]:
         raise FormatError(f"only 2-d weights can be packed, got shape {tuple(dense.shape)}")
     shape = dense.shape
     if lmap.padded_shape(shape) != shape:
-        raise FormatError(f"shape {shape} is not a multiple of the level map's block {lmap.block}")
+        raise FormatError(f"shape {shape} is not padded for the level map (pad to {lmap.padded_shape(shape)})")
     i, j = np.nonzero(dense)
     coords = [lv.coord(i, j) for lv in lmap.levels]
     order = np.lexsort(tuple(reversed(coords))) if len(i) else np.arange(0)

@@ -32,7 +32,8 @@ def _same_shape(a: Node, b) -> bool:
     va, vb = a.meta.get("val"), getattr(b, "meta", {}).get("val")
     if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
         return False
-    return va.dtype == vb.dtype and tuple(va.shape) == tuple(vb.shape)
+    # Compare printed sizes: symbolic sizes are distinct SymInt objects even when they are equal.
+    return va.dtype == vb.dtype and [str(d) for d in va.shape] == [str(d) for d in vb.shape]
 
 
 def _residual(add: Node, prev: Node) -> int | None:

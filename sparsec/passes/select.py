@@ -6,9 +6,8 @@ every candidate and the reason each one lost, so the report can say why the winn
 
 from __future__ import annotations
 
-from torch.fx import GraphModule
-
 import torch
+from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry

@@ -74,7 +74,7 @@ class Report:
                 f"{r.sparse_bytes / 1024:.0f}", f"{r.est_speedup:.2f}", meas, r.fused or "-", r.reason,
             ])
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-        fmt = "  ".join("{:<%d}" % w for w in widths[:-1]) + "  {}"
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
         lines = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
         lines += [fmt.format(*row) for row in rows]
         if self.layers:

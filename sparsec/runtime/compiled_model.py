@@ -96,11 +96,20 @@ class CompiledModel(torch.nn.Module):
         return variant.module(*args, **kwargs)
 
     def _check_inputs(self, flat: list, spec) -> None:
-        if spec != self._in_spec:
+        ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
+        args, kwargs = pytree.tree_unflatten(flat, spec)
+        if len(args) != len(ex_args):
             raise InputError(
-                f"the compiled model takes inputs structured as {self._in_spec}, got {spec} "
-                f"(wrong number of inputs or keyword names?)"
+                f"the model was compiled for {len(ex_args)} positional input(s), got {len(args)} "
+                f"(wrong number of inputs)"
             )
+        if set(kwargs) != set(ex_kwargs):
+            raise InputError(f"keyword inputs {sorted(kwargs)} differ from the compiled {sorted(ex_kwargs)}")
+        for i, (got, ex) in enumerate(zip(args, ex_args, strict=True)):
+            if isinstance(ex, torch.Tensor) and not isinstance(got, torch.Tensor):
+                raise InputError(f"input {i}: expected a tensor, got {type(got).__name__}")
+        if spec != self._in_spec:
+            raise InputError("the nested structure of the inputs differs from the example inputs'")
         for i, (got, ex) in enumerate(zip(flat, self._example_flat, strict=True)):
             if isinstance(ex, torch.Tensor):
                 if not isinstance(got, torch.Tensor):
@@ -162,7 +171,7 @@ class CompiledModel(torch.nn.Module):
 
 def _input_specs(cap: Captured) -> list:
     """For every flattened user input: (shape with None for dynamic dims, (min, max) per dim), else None."""
-    from torch.fx.experimental.symbolic_shapes import free_symbols
+    from torch.fx.experimental.symbolic_shapes import free_symbols, optimization_hint
 
     ep = cap.program
     ranges = {str(k): (v.lower, v.upper) for k, v in ep.range_constraints.items()}
@@ -181,10 +190,15 @@ def _input_specs(cap: Captured) -> list:
                 shape.append(s)
                 rng.append((s, s))
             else:
-                shape.append(None)
                 syms = [str(x) for x in free_symbols(s)]
-                lo, hi = ranges.get(syms[0], (0, None)) if len(syms) == 1 else (0, None)
-                rng.append((lo, hi))
+                if len(syms) == 1 and syms[0] in ranges:
+                    shape.append(None)
+                    rng.append(ranges[syms[0]])
+                else:
+                    # A symbol export specialized away (a guard pins it): the dimension is fixed.
+                    size = int(optimization_hint(s))
+                    shape.append(size)
+                    rng.append((size, size))
         specs.append((tuple(shape), tuple(rng)))
     return specs
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from sparsec.codegen.mlir.mathfn import Builder, activation
 from sparsec.codegen.spec import KernelSpec
 
+
 def _step(spec: KernelSpec, ftype: str, load_out: str, load_res: str, store: str, bias: str | None) -> str:
     """One epilogue step on a value of type ``ftype``: ``out = act(out + bias) + res``."""
     b = Builder(ftype)

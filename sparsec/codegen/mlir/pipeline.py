@@ -8,7 +8,6 @@ activations are expanded to arith ops before they get here, see mathfn.py). A fa
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 
 from sparsec.errors import KernelCompileError
@@ -51,9 +50,9 @@ def run_pipeline(module, pipeline: str, source: str, name: str) -> None:
         fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".mlir")
         with os.fdopen(fd, "w") as f:
             f.write(source)
-        opt = shutil.which("torch-mlir-opt") or "torch-mlir-opt"  # shipped with the torch-mlir wheel
+        # torch-mlir-opt does not register the sparse passes, so the repro runs the same Python bindings.
         raise KernelCompileError(
             f"MLIR pipeline failed for kernel {name}: {exc}\n"
             f"The input is in {path}; reproduce with:\n"
-            f"  {opt} --pass-pipeline='{pipeline}' {path}"
+            f"  python -m sparsec.codegen.mlir.repro {path} '{pipeline}'"
         ) from exc

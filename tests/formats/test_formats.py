@@ -1,0 +1,88 @@
+"""Every registered format: accepts what it should, packs and unpacks exactly, costs sensibly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsec.errors import FormatError
+from sparsec.formats import registry
+from sparsec.formats.bsr import BSR
+from sparsec.formats.facts import compute_facts
+from sparsec.formats.nm import NM
+from tests.conftest import random_weight
+
+SPARSE = [f for f in registry.formats() if f.name != "dense"]
+
+
+def _pattern_for(fmt) -> str:
+    if fmt.name == "nm":
+        return f"nm{fmt.n}:{fmt.m}"
+    if fmt.name == "bsr":
+        return f"block{fmt.bh}"
+    return "unstructured"
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    fmt=st.sampled_from(SPARSE),
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 40),
+    density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+    seed=st.integers(0, 1000),
+)
+def test_pack_unpack_round_trip(fmt, rows, cols, density, seed):
+    w = random_weight(rows, cols, density, seed, _pattern_for(fmt))
+    packed = fmt.pack(w)
+    assert packed.shape == (rows, cols)
+    assert packed.padded_shape[0] >= rows and packed.padded_shape[1] >= cols
+    assert torch.equal(fmt.unpack(packed), w)
+    for buf in packed.buffers.values():
+        assert buf.size == 0 or buf.ctypes.data % 64 == 0, "packed buffers are 64-byte aligned"
+
+
+def test_empty_rows_are_kept():
+    w = random_weight(16, 24, 0.3, 1)
+    w[[0, 5, 15]] = 0
+    for fmt in SPARSE:
+        if fmt.accepts(compute_facts(w)) is None:
+            assert torch.equal(fmt.unpack(fmt.pack(w)), w), fmt.label
+
+
+def test_facts():
+    w = torch.zeros(8, 16)
+    w[0, 0] = w[0, 3] = w[2, 9] = 1.0
+    f = compute_facts(w)
+    assert f.nnz == 3 and f.shape == (8, 16)
+    assert f.zero_rows == 6 and f.zero_cols == 13
+    assert f.nm["2:4"] and f.nm["4:8"] and not f.nm["1:4"]
+    assert f.block_nonzero[8] == 2
+    assert abs(f.density - 3 / 128) < 1e-12
+
+
+def test_nm_rejects_dense_and_bsr_rejects_scattered():
+    dense = torch.randn(32, 32)
+    assert NM(2, 4).accepts(compute_facts(dense)) is not None
+    scattered = random_weight(64, 64, 0.02, 3)
+    assert BSR(16).accepts(compute_facts(scattered)) is not None
+    with pytest.raises(FormatError):
+        NM(2, 4).pack(dense)
+
+
+def test_cost_prefers_sparse_only_when_sparse():
+    dense_fmt, csr = registry.get_format("dense"), registry.get_format("csr")
+    sparse_facts = compute_facts(random_weight(768, 768, 0.05, 0))
+    dense_facts = compute_facts(torch.randn(768, 768))
+    assert csr.cost(sparse_facts, 64) < dense_fmt.cost(sparse_facts, 64)
+    assert csr.cost(dense_facts, 64) > dense_fmt.cost(dense_facts, 64)
+
+
+def test_registry_errors():
+    with pytest.raises(FormatError, match="no format"):
+        registry.get_format("nope")
+    with pytest.raises(FormatError, match="registered already"):
+        registry.register_format(registry.get_format("csr"))
+    with pytest.raises(ValueError):
+        NM(4, 4)
