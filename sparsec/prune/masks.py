@@ -95,7 +95,7 @@ def attach_mask(module: nn.Module, name: str = "weight", mask: torch.Tensor | No
     elif mask.shape != tensor.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} != {name} shape {tuple(tensor.shape)}")
     param = Mask(mask.to(tensor.device))
-    # unsafe=True skips a consistency forward pass; the mask has the tensor's shape and dtype-agnostic.
+    # unsafe=True skips the consistency forward pass: the shape was checked above and x * mask keeps dtype.
     parametrize.register_parametrization(module, name, param, unsafe=True)
     return param
 
