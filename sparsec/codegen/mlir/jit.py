@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sparsec.codegen.mlir import emit_rowvec
 from sparsec.codegen.mlir.emit import emit_kernel
-from sparsec.codegen.mlir.pipeline import pipeline_text, run_pipeline
+from sparsec.codegen.mlir.pipeline import pipeline_text, run_pipeline, vector_pipeline_text
 from sparsec.codegen.spec import KernelSpec
 
 _DESC_TYPES: dict[int, type] = {}
@@ -90,10 +91,14 @@ def compile_kernel(spec: KernelSpec, opt_level: int = 3) -> CompiledKernel:
         from torch_mlir import execution_engine, ir
 
         t0 = time.perf_counter()
-        source = emit_kernel(spec)
+        if emit_rowvec.supports(spec):  # hand-blocked CSR: faster than the sparsifier's loop
+            source, pipeline = emit_rowvec.emit_rowvec_kernel(spec), vector_pipeline_text()
+        else:
+            source = emit_kernel(spec)
+            pipeline = pipeline_text(spec.vl if spec.form == "scatter" else 0)
         with ir.Context(), ir.Location.unknown():
             module = ir.Module.parse(source)
-            run_pipeline(module, pipeline_text(spec.vl if spec.form == "scatter" else 0), source, spec.name)
+            run_pipeline(module, pipeline, source, spec.name)
             llvm_text = str(module)
             engine = execution_engine.ExecutionEngine(module, opt_level=opt_level, shared_libs=[])
             fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(engine.lookup(spec.name))

@@ -12,8 +12,9 @@ from __future__ import annotations
 class Builder:
     """Emits SSA lines with fresh value names for one element type (``f32`` or ``vector<VLxf32>``)."""
 
-    def __init__(self, ftype: str, indent: str = "      ") -> None:
+    def __init__(self, ftype: str, indent: str = "      ", prefix: str = "t") -> None:
         self.ftype = ftype
+        self.prefix = prefix
         self.itype = ftype.replace("f32", "i32")
         self.indent = indent
         self.lines: list[str] = []
@@ -22,7 +23,7 @@ class Builder:
 
     def _fresh(self) -> str:
         self._n += 1
-        return f"%t{self._n}"
+        return f"%{self.prefix}{self._n}"
 
     def const(self, value: float | int, integer: bool = False) -> str:
         """A constant (a splat for vector types), emitted once per value."""

@@ -39,6 +39,11 @@ def pipeline_text(vl: int, index32: bool = True) -> str:
     return "builtin.module(" + ", ".join(passes) + ")"
 
 
+def vector_pipeline_text() -> str:
+    """Lowering for kernels written directly in scf/vector/memref (no sparse_tensor types)."""
+    return "builtin.module(convert-scf-to-cf, convert-vector-to-llvm, convert-to-llvm, reconcile-unrealized-casts)"
+
+
 def run_pipeline(module, pipeline: str, source: str, name: str) -> None:
     """Run ``pipeline`` on ``module`` in place; on failure dump ``source`` and raise with a repro command."""
     from torch_mlir import passmanager
