@@ -32,14 +32,16 @@ def segments(n: int) -> list[list[tuple[int, int]]]:
 
 
 def supports(spec: KernelSpec) -> bool:
-    """This emitter handles CSR in the scatter form."""
-    return spec.level_map.replace(" ", "") == CSR_MAP.replace(" ", "") and spec.form == "scatter"
+    """This emitter handles CSR, in both forms."""
+    return spec.level_map.replace(" ", "") == CSR_MAP.replace(" ", "")
 
 
 def emit_rowvec_kernel(spec: KernelSpec) -> str:
     """MLIR text of the register-blocked CSR kernel for ``spec``."""
     if not supports(spec):
-        raise ValueError(f"the row-vector kernel handles CSR in scatter form, not {spec.format}/{spec.form}")
+        raise ValueError(f"the row-vector kernel handles CSR, not {spec.format}")
+    if spec.form == "dot":
+        return _emit_dot(spec)
     r, c, n = spec.rows, spec.cols, spec.n
     xt, ot = f"memref<{c}x{n}xf32>", f"memref<{r}x{n}xf32>"
     args = ["%pos: memref<?xi32>", "%crd: memref<?xi32>", "%val: memref<?xf32>", f"%x: {xt}"]
@@ -128,3 +130,65 @@ def _epilogue(spec: KernelSpec, k: int, q: int, width: int, ty: str, ot: str) ->
              else f"vector.store {v}, %out[{at}] : {ot}, {ty}")
     text.append(f"    {store}")
     return text
+
+
+def _emit_dot(spec: KernelSpec) -> str:
+    """N == 1: each row gathers x at 16 stored columns at a time (AVX-512 gather), then reduces."""
+    r, c = spec.rows, spec.cols
+    args = ["%pos: memref<?xi32>", "%crd: memref<?xi32>", "%val: memref<?xf32>", f"%x: memref<{c}xf32>"]
+    if spec.bias:
+        args.append(f"%bias: memref<{r}xf32>")
+    if spec.residual:
+        args.append(f"%res: memref<{r}xf32>")
+    args.append(f"%out: memref<{r}xf32>")
+    b = Builder("f32", indent="    ", prefix="d")
+    v = "%sum"
+    if spec.bias:
+        v = b.op("arith.addf", v, "%bs")
+    v = activation(b, spec.activation, v)
+    if spec.residual:
+        v = b.op("arith.addf", v, "%rv")
+    epilogue = b.text()
+    return f"""module {{
+func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }} {{
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c16 = arith.constant 16 : index
+  %rows = arith.constant {r} : index
+  %zv = arith.constant dense<0.0> : vector<16xf32>
+  %zs = arith.constant 0.0 : f32
+  %all = arith.constant dense<true> : vector<16xi1>
+  %xf = memref.reinterpret_cast %x to offset: [0], sizes: [{c}], strides: [1] : memref<{c}xf32> to memref<?xf32>
+  scf.for %i = %c0 to %rows step %c1 {{
+    %p0i = memref.load %pos[%i] : memref<?xi32>
+    %i1 = arith.addi %i, %c1 : index
+    %p1i = memref.load %pos[%i1] : memref<?xi32>
+    %p0 = arith.index_cast %p0i : i32 to index
+    %p1 = arith.index_cast %p1i : i32 to index
+    %len = arith.subi %p1, %p0 : index
+    %nv = arith.divui %len, %c16 : index
+    %vlen = arith.muli %nv, %c16 : index
+    %pv = arith.addi %p0, %vlen : index
+    %acc = scf.for %p = %p0 to %pv step %c16 iter_args(%a = %zv) -> (vector<16xf32>) {{
+      %vals = vector.load %val[%p] : memref<?xf32>, vector<16xf32>
+      %cols = vector.load %crd[%p] : memref<?xi32>, vector<16xi32>
+      %xs = vector.gather %xf[%c0][%cols], %all, %zv : memref<?xf32>, vector<16xi32>, vector<16xi1>, vector<16xf32> into vector<16xf32>
+      %an = vector.fma %vals, %xs, %a : vector<16xf32>
+      scf.yield %an : vector<16xf32>
+    }}
+    %part = vector.reduction <add>, %acc : vector<16xf32> into f32
+    %sum = scf.for %p = %pv to %p1 step %c1 iter_args(%s = %part) -> (f32) {{
+      %ki = memref.load %crd[%p] : memref<?xi32>
+      %k = arith.index_cast %ki : i32 to index
+      %w = memref.load %val[%p] : memref<?xf32>
+      %xv = memref.load %x[%k] : memref<{c}xf32>
+      %m = arith.mulf %w, %xv : f32
+      %sn = arith.addf %s, %m : f32
+      scf.yield %sn : f32
+    }}
+{"    %bs = memref.load %bias[%i] : memref<" + str(r) + "xf32>" + chr(10) if spec.bias else ""}{"    %rv = memref.load %res[%i] : memref<" + str(r) + "xf32>" + chr(10) if spec.residual else ""}{epilogue}    memref.store {v}, %out[%i] : memref<{r}xf32>
+  }}
+  return
+}}
+}}
+"""
