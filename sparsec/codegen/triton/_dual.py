@@ -112,9 +112,11 @@ _TRITON_DTYPES = {
 def signature(launch: Launch) -> tuple[dict[str, str], dict[str, Any], dict[tuple[int, ...], list]]:
     """Return (signature, constexprs, attrs) for ``triton.compiler.ASTSource`` describing ``launch``.
 
-    Mirrors what the JIT derives at a real launch: tensors become typed pointers, Python ints 32- or
-    64-bit integers, ``None`` a constexpr; pointers at 16-byte aligned addresses and integers divisible
-    by 16 get the ``tt.divisibility`` hint that enables vectorized memory access.
+    Mirrors the specialization the JIT applies at a real launch (``native_specialize_impl``), so an
+    ahead-of-time compile produces the kernel a GPU launch would: tensors become typed pointers;
+    integers 32- or 64-bit, except that an integer equal to 1 becomes the constant 1 (unit strides
+    then make loads provably contiguous); ``None`` a constexpr; pointers at 16-byte aligned addresses
+    and integers divisible by 16 get the ``tt.divisibility`` hint that enables vectorized access.
     """
     sig: dict[str, str] = {}
     consts: dict[str, Any] = {}
@@ -125,15 +127,15 @@ def signature(launch: Launch) -> tuple[dict[str, str], dict[str, Any], dict[tupl
             consts[name] = launch.constexprs[name]
             continue
         value = launch.args[name]
-        if value is None:
+        if value is None or (type(value) is int and value == 1):
             sig[name] = "constexpr"
-            consts[name] = None
+            consts[name] = value
         elif isinstance(value, torch.Tensor):
             sig[name] = "*" + _TRITON_DTYPES[value.dtype]
             if value.data_ptr() % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, bool):
-            sig[name] = "i1"
+            sig[name] = "u1"
         elif isinstance(value, int):
             sig[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
             if value % 16 == 0:

@@ -206,7 +206,7 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     """Registers, spill (local) memory, static shared memory and stack of a cubin's kernel.
 
     Read with the ``cuobjdump`` shipped in the triton wheel (no GPU needed); ``{}`` if it is missing.
-    ``LOCAL`` > 0 means register spills.
+    ``STACK`` (the per-thread stack frame) or ``LOCAL`` > 0 means register spills here.
     """
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):

@@ -71,9 +71,13 @@ def _stages(bytes_per_stage: int) -> int:
     return max(2, min(4, SMEM_BUDGET // max(bytes_per_stage, 1)))
 
 
-def _warps(acc_elems: int) -> int:
-    # ~32 fp32 accumulator registers per thread at 4 warps for a 64x64 tile.
-    return 8 if acc_elems > 64 * 128 else 4
+def _warps(acc_elems: int, elem_bytes: int) -> int:
+    # 4 warps hold a 128x64 fp32 accumulator in 64 registers per thread next to 16-bit operand
+    # fragments; 32-bit operands (fp32 / tf32) double the fragments, so they spill (ptxas stack
+    # frames, checked by the compile test) unless 8 warps share tiles of 64x64 and up.
+    if acc_elems > 128 * 64 or (elem_bytes >= 4 and acc_elems >= 64 * 64):
+        return 8
+    return 4
 
 
 def bsr_config(n_rows: int, out_blocks: int, bh: int, bw: int, elem_bytes: int,
@@ -82,24 +86,24 @@ def bsr_config(n_rows: int, out_blocks: int, bh: int, bw: int, elem_bytes: int,
     bh_p, bw_p = max(16, next_pow2(bh)), next_pow2(bw)
     bn = _block_n(n_rows, out_blocks, 128 if tensor_cores else 64)
     stage = (bh_p * bw_p + bn * bw_p) * elem_bytes
-    return LaunchConfig(block_n=bn, block_o=bh_p, block_k=bw_p, num_warps=_warps(bn * bh_p),
+    return LaunchConfig(block_n=bn, block_o=bh_p, block_k=bw_p, num_warps=_warps(bn * bh_p, elem_bytes),
                         num_stages=_stages(stage))
 
 
 def csr_config(n_rows: int, out_features: int, elem_bytes: int, tensor_cores: bool = True) -> LaunchConfig:
-    """Config for the CSR kernel: 16 weight rows per program, 32 nonzeros per step."""
-    block_o, block_k = 16, 32
+    """Config for the CSR kernel: 16 weight rows per program, 32 (16 without tensor cores) nonzeros per step."""
+    block_o, block_k = 16, 32 if tensor_cores else 16
     bn = _block_n(n_rows, -(-out_features // block_o), 128 if tensor_cores else 64)
     stage = (bn * block_k + block_k * block_o) * elem_bytes
-    return LaunchConfig(block_n=bn, block_o=block_o, block_k=block_k, num_warps=_warps(bn * block_o),
+    return LaunchConfig(block_n=bn, block_o=block_o, block_k=block_k, num_warps=_warps(bn * block_o, elem_bytes),
                         num_stages=_stages(stage))
 
 
 def nm_config(n_rows: int, out_features: int, m: int, elem_bytes: int, tensor_cores: bool = True) -> LaunchConfig:
-    """Config for the N:M kernel: 64 (32 on narrow grids) outputs x 64 dense inputs per step."""
-    block_k = max(64 if tensor_cores else 32, next_pow2(m))
+    """Config for the N:M kernel: 64 (32 on narrow grids) outputs x 64 (16 without tensor cores) inputs per step."""
+    block_k = max(64 if tensor_cores else 16, next_pow2(m))
     block_o = 64 if -(-out_features // 64) * -(-n_rows // 64) >= 2 * NUM_SMS else 32
     bn = _block_n(n_rows, -(-out_features // block_o), 128 if tensor_cores else 64)
     stage = (bn * block_k + block_k * block_o) * elem_bytes
-    return LaunchConfig(block_n=bn, block_o=block_o, block_k=block_k, num_warps=_warps(bn * block_o),
+    return LaunchConfig(block_n=bn, block_o=block_o, block_k=block_k, num_warps=_warps(bn * block_o, elem_bytes),
                         num_stages=_stages(stage))

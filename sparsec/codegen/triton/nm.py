@@ -53,6 +53,7 @@ def _nm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_O: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    COMPACT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
     ACT: tl.constexpr,
@@ -66,21 +67,40 @@ def _nm_kernel(
     x_rows = x_ptr + offs_n.to(tl.int64) * stride_xn
     w_rows = offs_o.to(tl.int64) * stride_vo
     offs_k = tl.arange(0, BLOCK_K)
+    groups = (IN + M - 1) // M
     acc = tl.full((BLOCK_N, BLOCK_O), 0.0, tl.float32)
     # Columns in [IN, in_p) are the zero padding of the last group: skipping them changes nothing.
     for k0 in range(0, IN, BLOCK_K):
         c = k0 + offs_k
         c_mask = c < IN
         x_tile = tl.load(x_rows[:, None] + c[None, :], mask=n_mask[:, None] & c_mask[None, :], other=0.0)
-        pos = (c % M)[:, None]
-        slot0 = ((c // M) * NKEEP)[:, None] + w_rows[None, :]
-        w_mask = c_mask[:, None] & o_mask[None, :]
-        w_tile = tl.full((BLOCK_K, BLOCK_O), 0.0, values_ptr.dtype.element_ty)
-        for j in tl.static_range(NKEEP):
-            v = tl.load(values_ptr + slot0 + j, mask=w_mask, other=0.0)
-            at = tl.load(indices_ptr + slot0 + j, mask=w_mask, other=0)
-            # Positions strictly increase inside a group, so at most one slot matches column c.
-            w_tile = tl.where(w_mask & (at.to(tl.int32) == pos), v, w_tile)
+        if COMPACT:
+            # M a power of two dividing BLOCK_K: the tile holds G whole groups. Load each kept slot
+            # once as a [G, BLOCK_O] tile (one load per stored value), scatter it to its position
+            # in a [G, M, BLOCK_O] tile, and flatten (g, p) -> column g*M + p.
+            G: tl.constexpr = BLOCK_K // M
+            g = k0 // M + tl.arange(0, G)
+            g_mask = (g < groups)[:, None] & o_mask[None, :]
+            pos = tl.arange(0, M)[None, :, None]
+            w3 = tl.full((G, M, BLOCK_O), 0.0, values_ptr.dtype.element_ty)
+            for j in tl.static_range(NKEEP):
+                slot = (g * NKEEP + j)[:, None] + w_rows[None, :]
+                v = tl.load(values_ptr + slot, mask=g_mask, other=0.0)
+                at = tl.load(indices_ptr + slot, mask=g_mask, other=0)
+                # Positions strictly increase inside a group, so at most one slot lands on each column.
+                w3 = tl.where((at.to(tl.int32)[:, None, :] == pos) & g_mask[:, None, :], v[:, None, :], w3)
+            w_tile = tl.reshape(w3, (BLOCK_K, BLOCK_O))
+        else:
+            # Any M: for each dense column c (group c // M, position c % M) gather the kept slots of
+            # its group and keep the one stored at that position.
+            pos = (c % M)[:, None]
+            slot0 = ((c // M) * NKEEP)[:, None] + w_rows[None, :]
+            w_mask = c_mask[:, None] & o_mask[None, :]
+            w_tile = tl.full((BLOCK_K, BLOCK_O), 0.0, values_ptr.dtype.element_ty)
+            for j in tl.static_range(NKEEP):
+                v = tl.load(values_ptr + slot0 + j, mask=w_mask, other=0.0)
+                at = tl.load(indices_ptr + slot0 + j, mask=w_mask, other=0)
+                w_tile = tl.where(w_mask & (at.to(tl.int32) == pos), v, w_tile)
         acc = dot_acc(x_tile, w_tile, acc, DOT_PREC, DOT_UPCAST)
     epilogue_store(acc, offs_n, offs_o, n_mask, o_mask, y_ptr, stride_yn, bias_ptr, res_ptr, stride_rn,
                    ACT, HAS_BIAS, HAS_RES)
@@ -127,6 +147,7 @@ def plan_nm(
                   stride_vo=values.stride(0), stride_yn=y2d.stride(0),
                   stride_rn=residual2d.stride(0) if residual2d is not None else 0),
         constexprs=dict(NKEEP=n, M=m, BLOCK_N=cfg.block_n, BLOCK_O=cfg.block_o, BLOCK_K=cfg.block_k,
+                        COMPACT=(m & (m - 1)) == 0 and cfg.block_k % m == 0,
                         DOT_PREC=prec, DOT_UPCAST=upcast, ACT=check_activation(activation),
                         HAS_BIAS=bias is not None, HAS_RES=residual2d is not None),
         options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=True),

@@ -46,7 +46,7 @@ def test_variant_compiles_for_gpu_target(variant, arch):
             assert all(line.startswith("mma.sync") for line in mma), f"{variant.name}: {mma[0]}"
     usage = resource_usage(stages["cubin"])
     if usage:
-        assert usage["LOCAL"] == 0, f"{variant.name} spills registers on sm_{arch}: {usage}"
+        assert usage["LOCAL"] == 0 and usage["STACK"] == 0, f"{variant.name} spills registers on sm_{arch}: {usage}"
 
 
 def test_compile_for_target_api():

@@ -80,3 +80,23 @@ def test_interpreted_launch_leaves_triton_language_unpatched():
 
     csr.csr_linear(x, *dense_to_csr(w), 8)
     assert tl.sum is before
+
+
+def test_aot_signature_matches_jit_specialization():
+    # compile_for_target must compile what a GPU launch compiles: compare with the JIT's own rules.
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    from sparsec.codegen.triton.compile_target import KernelVariant, plan_variant
+
+    launch = plan_variant(KernelVariant("csr", torch.float16, n_rows=2048))
+    sig, consts, attrs = _dual.signature(launch)
+    for i, name in enumerate(launch.kernel.arg_names):
+        if name in launch.constexprs:
+            continue
+        kind, spec = native_specialize_impl(BaseBackend, launch.args[name], False, True, True)[:2]
+        assert sig[name] == kind, name
+        if kind == "constexpr":
+            assert consts[name] == spec
+        else:
+            assert ((i,) in attrs) == (spec == "D"), name
