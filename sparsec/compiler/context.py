@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sparsec.compiler.options import CompileOptions
+from sparsec.formats.cost import DEFAULT_MACHINE, Machine
 
 
 @dataclass
@@ -19,3 +20,4 @@ class CompileContext:
     stages: dict[str, str] = field(default_factory=dict)
     layers: list = field(default_factory=list)  # report rows, filled by select and lower
     unsupported: list[str] = field(default_factory=list)  # ops left to torch, for the report
+    machine: Machine = DEFAULT_MACHINE  # the cost model's rates (calibrated on this machine)

@@ -29,6 +29,10 @@ class CompileOptions:
     dump_dir: str | None = field(default_factory=lambda: os.environ.get("SPARSEC_DUMP_DIR"))
     #: at most this many shape-specialized variants per compiled model before an error
     max_variants: int = 16
+    #: use cost-model rates measured on this machine (a ~2 s run, cached on disk); False: built-in rates
+    calibrate: bool = True
+    #: time the candidate formats of every distinct layer on the real weights and keep the fastest
+    autotune: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

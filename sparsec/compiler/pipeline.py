@@ -12,7 +12,7 @@ from torch.fx import GraphModule
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.formats.cost import DEFAULT_MACHINE
-from sparsec.passes import analyze, fuse, lower, select
+from sparsec.passes import analyze, autotune, fuse, lower, select
 from sparsec.report.report import LayerReport, Report
 
 PASSES = [
@@ -20,6 +20,8 @@ PASSES = [
     ("analyze", analyze.run),
     # pick a format per layer; needs the facts from analyze
     ("select", select.run),
+    # (autotune=True) time the leading candidates on the real weights; needs select's costs
+    ("autotune", autotune.run),
     # attach activation / residual to each sparse layer; needs the chosen formats (dense layers are left alone)
     ("fuse", fuse.run),
     # replace each fused group by a SparseLinear call and compile its kernels; needs the fusion groups
@@ -82,6 +84,8 @@ def build_report(gm: GraphModule) -> Report:
             dense_flops=2 * n * out_f * in_f, sparse_flops=2 * n * stored,
             dense_bytes=4 * out_f * in_f, sparse_bytes=int(sparse_bytes),
             predicted_dense_us=pred_dense * 1e6, predicted_us=pred * 1e6, reason=layer.reason, fused=fused,
+            measured_dense_us=layer.measured["dense"] * 1e6 if "dense" in layer.measured else None,
+            measured_us=layer.measured[layer.format] * 1e6 if layer.format in layer.measured else None,
         ))
     rep.torch_ops = [
         str(node.target).replace("aten.", "").split(".")[0]

@@ -25,7 +25,7 @@ def _candidates(ctx: CompileContext):
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Choose a format for every analyzed layer."""
-    machine = getattr(ctx, "machine", None) or DEFAULT_MACHINE
+    machine = ctx.machine
     lines = []
     for node in gm.graph.nodes:
         layer = node.meta.get("sparsec")

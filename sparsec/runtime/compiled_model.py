@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from sparsec.compiler.context import CompileContext
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.pipeline import STAGES, build_report, run_passes
 from sparsec.errors import CaptureError, InputError
+from sparsec.formats.cost import DEFAULT_MACHINE
 from sparsec.report.report import Report
+from sparsec.runtime import calibrate
+from sparsec.runtime.threads import default_threads
 
 log = logging.getLogger("sparsec")
 
@@ -64,6 +68,10 @@ class CompiledModel(torch.nn.Module):
         dynamic = self.options.dynamic and not self._variants
         cap = capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target="cpu")
+        threads = self.options.threads or default_threads()
+        ctx.machine = calibrate.machine(threads) if self.options.calibrate else dataclasses.replace(
+            DEFAULT_MACHINE, threads=threads
+        )
         gm = run_passes(cap.module, ctx)
         variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap))
         self._variants.append(variant)
