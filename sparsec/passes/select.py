@@ -11,7 +11,6 @@ from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
-from sparsec.formats.cost import DEFAULT_MACHINE
 
 _DENSE = "dense"
 

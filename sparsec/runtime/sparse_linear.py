@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsec.codegen.mlir.jit import CompiledKernel, compile_kernel, numpy_descriptor, torch_descriptor
+from sparsec.codegen.mlir.jit import ArgRef, CompiledKernel, compile_kernel, numpy_descriptor, torch_descriptor
 from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat
@@ -49,6 +49,10 @@ class SparseLinear(torch.nn.Module):
         self.slabs = self._pack(weight.detach().float(), bias, max(1, threads))
         self.stored = sum(p.stored for p, _, _ in self.slabs)
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
+        # Weight and bias arguments never change: build their descriptors once per slab.
+        names = self.fmt.lmap.buffer_names()
+        self._fixed_args = [[ArgRef(numpy_descriptor(p.buffers[b])) for b in names] for p, _, _ in self.slabs]
+        self._bias_args = [ArgRef(torch_descriptor(b)) if b is not None else None for _, b, _ in self.slabs]
         self._kernels: dict[int, list[CompiledKernel]] = {}
 
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
@@ -122,29 +126,27 @@ class SparseLinear(torch.nn.Module):
             if cols != self.in_features:
                 xt = torch.nn.functional.pad(xt, (0, 0, 0, cols - self.in_features))
             xt = xt.contiguous()
-        x_desc = torch_descriptor(xt)
+        x_arg = ArgRef(torch_descriptor(xt))
         total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
         out = torch.empty((total_rows,) if n == 1 else (total_rows, n))
         if POISON_OUTPUTS:
             out.fill_(float("nan"))
         tasks, offset = [], 0
-        for (packed, bias, (r0, r1)), kern in zip(self.slabs, kernels, strict=True):
+        for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
             rows = packed.padded_shape[0]
-            descs = [numpy_descriptor(packed.buffers[b]) for b in self.fmt.lmap.buffer_names()]
-            descs.append(x_desc)
-            if bias is not None:
-                descs.append(torch_descriptor(bias))
+            args = [*self._fixed_args[s], x_arg]
+            if self._bias_args[s] is not None:
+                args.append(self._bias_args[s])
+            res = None
             if r2 is not None:
                 res = torch.zeros((rows,) if n == 1 else (rows, n))
                 res[: r1 - r0] = r2[:, r0:r1].reshape(-1) if n == 1 else r2[:, r0:r1].t()
-                descs.append(torch_descriptor(res))
-            else:
-                res = None
+                args.append(ArgRef(torch_descriptor(res)))
             o = out[offset : offset + rows]
-            descs.append(torch_descriptor(o))
+            args.append(ArgRef(torch_descriptor(o)))
             offset += rows
             # keep the buffers alive until the kernel ran: the descriptors hold raw pointers
-            tasks.append(lambda k=kern, d=descs, keep=(res, o): k(d))
+            tasks.append(lambda k=kern, a=args, keep=(res, o, xt): k.call_refs(a))
         if len(tasks) > 1 and self.stored * n < PARALLEL_MIN_WORK:
             for t in tasks:
                 t()

@@ -35,13 +35,27 @@ def descriptor_type(rank: int) -> type:
 
 def make_descriptor(ptr: int, shape: tuple[int, ...], strides: tuple[int, ...]):
     """A memref descriptor for memory at ``ptr`` (strides in elements)."""
-    d = descriptor_type(len(shape))()
-    d.allocated = d.aligned = ptr
-    d.offset = 0
-    for k, (s, st) in enumerate(zip(shape, strides, strict=True)):
-        d.sizes[k] = s
-        d.strides[k] = st
-    return d
+    rank = len(shape)
+    cls = descriptor_type(rank)
+    if rank == 0:
+        return cls(ptr, ptr, 0)
+    arr = ctypes.c_int64 * rank
+    return cls(ptr, ptr, 0, arr(*shape), arr(*strides))
+
+
+class ArgRef:
+    """A kernel argument: a descriptor plus the pointer-to-it the packed C interface takes.
+
+    Building these once for buffers that never change (packed weights, bias) keeps a call's Python
+    cost to the few arguments that do (activation, residual, output).
+    """
+
+    __slots__ = ("desc", "holder", "address")
+
+    def __init__(self, desc) -> None:
+        self.desc = desc
+        self.holder = ctypes.c_void_p(ctypes.addressof(desc))
+        self.address = ctypes.addressof(self.holder)
 
 
 def numpy_descriptor(a: np.ndarray):
@@ -69,11 +83,12 @@ class CompiledKernel:
 
     def __call__(self, descriptors: list) -> None:
         """Call with one descriptor per argument, in the kernel's argument order (weight buffers first)."""
-        holders = [ctypes.pointer(d) for d in descriptors]
-        packed = (ctypes.c_void_p * len(holders))(
-            *[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders]
-        )
-        self._fn(packed)
+        refs = [ArgRef(d) for d in descriptors]
+        self.call_refs(refs)
+
+    def call_refs(self, refs: list[ArgRef]) -> None:
+        """Call with prepared argument references (the caller keeps them, and their buffers, alive)."""
+        self._fn((ctypes.c_void_p * len(refs))(*[r.address for r in refs]))
 
 
 _CACHE: dict[KernelSpec, CompiledKernel] = {}
