@@ -155,7 +155,9 @@ def pack_levels(dense: np.ndarray, lmap: LevelMap) -> dict[str, np.ndarray]:
         raise FormatError(f"shape {shape} is not padded for the level map (pad to {lmap.padded_shape(shape)})")
     i, j = np.nonzero(dense)
     coords = [lv.coord(i, j) for lv in lmap.levels]
-    order = np.lexsort(tuple(reversed(coords))) if len(i) else np.arange(0)
+    # np.nonzero walks row-major, which is already the level order of row-major maps (CSR, COO).
+    row_major = [(lv.dim, lv.op) for lv in lmap.levels] == [(0, None), (1, None)]
+    order = np.arange(len(i)) if row_major or not len(i) else np.lexsort(tuple(reversed(coords)))
     i, j = i[order], j[order]
     coords = [c[order] for c in coords]
     parent = np.zeros(len(i), dtype=np.int64)  # storage position of each nonzero's parent

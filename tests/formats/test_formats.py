@@ -86,3 +86,24 @@ def test_registry_errors():
         registry.register_format(registry.get_format("csr"))
     with pytest.raises(ValueError):
         NM(4, 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 70), cols=st.integers(1, 70), density=st.floats(0, 1), seed=st.integers(0, 999))
+def test_facts_match_brute_force(rows, cols, density, seed):
+    """The byte-packing tricks in compute_facts agree with plain reductions on any shape."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * (torch.rand(rows, cols, generator=g) < density)
+    f = compute_facts(w)
+    nz = w != 0
+    for (n, m), key in (((2, 4), "2:4"), ((1, 4), "1:4"), ((4, 8), "4:8")):
+        groups = F.pad(nz, (0, (-cols) % m)).reshape(rows, -1, m)
+        assert f.nm[key] == bool((groups.sum(2) <= n).all())
+    for b in (8, 16, 32):
+        p = F.pad(nz, (0, (-cols) % b, 0, (-rows) % b))
+        blocks = p.reshape(p.shape[0] // b, b, p.shape[1] // b, b).any(3).any(1)
+        assert f.block_nonzero[b] == int(blocks.sum())
+    assert f.nnz == int(nz.sum())
+    assert f.zero_rows == int((~nz.any(1)).sum()) and f.zero_cols == int((~nz.any(0)).sum())
