@@ -219,3 +219,29 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text):
         usage.setdefault(key, int(value))
     return usage
+
+
+def evidence_table(archs: tuple[int, ...] = (80, 90)) -> str:
+    """Compile every variant for each arch and return a markdown table of its tensor-core instructions.
+
+    Columns: variant, N-tile rows and warps chosen by the cost model, then per arch the distinct
+    MMA instructions found in the PTX ("none (FMA)" when there are none) and registers per thread.
+    """
+    lines = ["| variant | BLOCK_N | warps | " + " | ".join(f"sm_{a} MMA in PTX | sm_{a} regs" for a in archs) + " |",
+             "|---|---:|---:|" + "---|---:|" * len(archs)]
+    for v in kernel_variants():
+        launch = plan_variant(v)
+        cells = []
+        for arch in archs:
+            stages = compile_variant(v, arch)
+            found = sorted({line.split()[0] for line in stages["ptx"].splitlines()
+                            if "mma.sync.aligned" in line or "wgmma.mma_async" in line})
+            cells += [", ".join(f"`{f}`" for f in found) or "none (FMA)",
+                      str(resource_usage(stages["cubin"]).get("REG", "?"))]
+        lines.append(f"| {v.name} | {launch.constexprs.get('BLOCK_N')} | {launch.options['num_warps']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(evidence_table())
