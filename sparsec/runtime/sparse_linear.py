@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from sparsec.codegen.mlir.jit import ArgRef, CompiledKernel, compile_kernel, numpy_descriptor, torch_descriptor
+from sparsec.codegen.mlir.jit import (
+    ArgRef,
+    CompiledKernel,
+    compile_kernel,
+    numpy_descriptor,
+    torch_descriptor,
+)
 from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat
