@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-import torch.nn.functional as F
+import os
+import tempfile
 
-from sparsec.runtime import sparse_linear
+# Tests never read or write the user's cache: one fresh cache directory per test session.
+os.environ["SPARSEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsec-test-cache-")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from sparsec.runtime import sparse_linear  # noqa: E402
 
 ACT = {None: lambda t: t, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 
