@@ -33,6 +33,7 @@ _LAZY = {
     "semi_structured_linear": "semi_structured",
     "semi_structured_supported": "semi_structured",
     "compile_for_target": "compile_target",
+    "compile_all": "compile_target",
     "kernel_names": "compile_target",
     "kernel_source": "compile_target",
     "kernel_variants": "compile_target",

@@ -184,6 +184,11 @@ def compile_for_target(
     return compile_variant(KernelVariant(kernel_name, dtype, **variant), arch)  # type: ignore[arg-type]
 
 
+def compile_all(arch: int = 80) -> dict[str, dict[str, str | bytes]]:
+    """Compile every variant of :func:`kernel_variants` for ``sm_<arch>``: ``{variant.name: stages}``."""
+    return {v.name: compile_variant(v, arch) for v in kernel_variants()}
+
+
 def kernel_source(kernel_name: str) -> str:
     """Return the Triton-Python source of a kernel family and the helpers it calls (``ir("triton")``)."""
     if kernel_name not in _KERNELS:
