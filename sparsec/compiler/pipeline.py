@@ -12,12 +12,15 @@ from torch.fx import GraphModule
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.formats.cost import DEFAULT_MACHINE
-from sparsec.passes import analyze, autotune, fuse, lower, select
+from sparsec.passes import analyze, autotune, fuse, lower, rows, select
 from sparsec.report.report import LayerReport, Report
 
 PASSES = [
     # measure every constant weight of a matmul-like node; needs the exported graph with node.meta["val"]
     ("analyze", analyze.run),
+    # real N of layers whose N is data-dependent (MoE routing), bucketed kernels for them; needs analyze's
+    # layers and ctx.example_inputs (it runs the graph once)
+    ("rows", rows.run),
     # pick a format per layer; needs the facts from analyze
     ("select", select.run),
     # (autotune=True) time the leading candidates on the real weights; needs select's costs

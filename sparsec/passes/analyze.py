@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.fx import GraphModule
-from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from sparsec.compiler.context import CompileContext
 from sparsec.formats.facts import WeightFacts, compute_facts
-from sparsec.passes.matmul_like import MatmulMatch, get_constant, match
+from sparsec.passes.matmul_like import MatmulMatch, example_rows, match, weight_matrix
 
 
 @dataclass
@@ -46,20 +45,8 @@ class SparseLayer:
 
 
 def effective_weight(gm: GraphModule, m: MatmulMatch) -> torch.Tensor:
-    """The weight as [out, in], whatever layout the graph stores it in."""
-    w = get_constant(gm, m.weight)
-    return w.t() if m.transposed else w
-
-
-def _example_rows(node) -> int:
-    """Rows of the flattened activation at the example inputs (1 if unknown)."""
-    val = node.meta.get("val")
-    if isinstance(val, torch.Tensor) and val.dim() >= 1:
-        rows = 1
-        for s in val.shape[:-1]:
-            rows *= int(optimization_hint(s, fallback=1))
-        return max(rows, 1)
-    return 1
+    """The weight as [out, in], whatever layout (or operand kind: left, conv2d, diag) the graph has."""
+    return weight_matrix(gm, m)
 
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
@@ -74,7 +61,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             continue
         facts = compute_facts(w)
         name = m.weight[: -len(".weight")] if m.weight.endswith(".weight") else m.weight
-        layer = SparseLayer(name, m, facts, _example_rows(node), w.dtype)
+        layer = SparseLayer(name, m, facts, example_rows(m), w.dtype)
         node.meta["sparsec"] = layer
         lines.append(f"{node.name}: {name} {facts.summary()}")
     ctx.stages["facts"] = "\n".join(lines)

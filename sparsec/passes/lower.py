@@ -12,8 +12,7 @@ from torch.fx import GraphModule
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
-from sparsec.passes.matmul_like import get_constant
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.passes.matmul_like import get_constant, runtime_module
 from sparsec.runtime.threads import default_threads
 
 
@@ -37,8 +36,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         m = layer.m
         fmt = registry.get_format(layer.format)
         bias = get_constant(gm, m.bias) if m.bias is not None else None
-        module = SparseLinear(
-            layer.name, fmt, effective_weight(gm, m), bias, layer.activation, layer.residual is not None, threads
+        module = runtime_module(  # SparseLinear, or the module of the match's kind (left, conv2d, diag)
+            m, layer.name, fmt, effective_weight(gm, m), bias, layer.activation, layer.residual is not None, threads
         )
         mod_name = _module_name(gm, layer.name)
         gm.add_submodule(mod_name, module)

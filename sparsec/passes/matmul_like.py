@@ -1,19 +1,34 @@
-"""Recognize matmul-like nodes whose weight is a constant of the model, in any of the layouts torch uses.
+"""Recognize matmul-like nodes with a constant operand, in any of the layouts torch uses.
 
-A match gives the weight's parameter name and how to read it as [out, in] (torch Linear layout):
-``aten.linear(x, W[out,in], b)``; ``aten.addmm(b, x, W[in,out])`` (HF GPT-2's Conv1D); ``aten.mm`` and
-``aten.matmul(x, W[in,out])``; each also through ``aten.t`` / ``transpose`` / ``permute`` of W.
+Every match names a constant of the model and how to read it as a 2-d matrix W [out, in] so that the
+node computes ``W`` applied to an activation; analyze measures W, select picks its format, and the
+runtime module of the match's ``kind`` runs it on the one CPU kernel family (Y^T = W X^T):
+
+- ``linear``: ``x @ W^T``: ``aten.linear(x, W[out,in], b)``; ``aten.addmm(b, x, W[in,out])`` (HF GPT-2's
+  Conv1D); ``aten.mm`` / ``aten.matmul(x, W[in,out])``; each also through ``t`` / ``transpose`` /
+  ``permute`` of W.
+- ``left``: a constant LEFT operand, ``A @ H`` (``mm`` / ``matmul`` / ``mv``; SpMV, SpMM, a GCN's fixed
+  adjacency): A [M, K] is W itself and H [..., K, N] is already the kernel's X^T layout.
+- ``conv2d``: ``aten.conv2d`` / ``aten.convolution`` with a constant filter, groups 1: W is the filter
+  as [Cout, Cin*kh*kw] and the activation is the image, lowered as im2col + the same kernel.
+- ``diag``: sparse row scaling ``s[:, None] * H`` with a constant vector s (at most half nonzero): W is
+  ``diag(s)`` and the node is ``diag(s) @ H``, so only the rows whose scale is nonzero are computed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.fx import GraphModule, Node
+from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 aten = torch.ops.aten
 _TRANSPOSES = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default}
+_UNSQUEEZES = {aten.unsqueeze.default, aten.view.default, aten.reshape.default}
+#: a row-scaling vector with more nonzeros than this fraction stays an element-wise torch multiply
+DIAG_MAX_DENSITY = 0.5
+KINDS = ("linear", "left", "conv2d", "diag")
 
 
 @dataclass
@@ -23,9 +38,11 @@ class MatmulMatch:
     node: Node
     x_index: int  # position of the activation in node.args (read it there: earlier rewrites update args)
     weight: str  # fully qualified parameter / buffer name
-    transposed: bool  # True when the stored tensor is [in, out]
+    transposed: bool  # True when the stored tensor is the transpose of W [out, in]
     bias: str | None  # fully qualified name, or None
     weight_nodes: tuple[Node, ...]  # the get_attr (and transpose) nodes that feed the weight and bias
+    kind: str = "linear"  # one of KINDS: how W meets the activation (see the module docstring)
+    params: dict = field(default_factory=dict)  # kind-specific: conv geometry, row bucketing
 
     @property
     def x(self) -> Node:
@@ -56,8 +73,13 @@ def _weight_source(gm: GraphModule, node) -> tuple[str, bool, tuple[Node, ...]] 
     return None
 
 
+def _rank(node) -> int | None:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return val.dim() if isinstance(val, torch.Tensor) else None
+
+
 def match(gm: GraphModule, node: Node) -> MatmulMatch | None:
-    """The MatmulMatch of ``node``, or None when it is not a matmul with a constant 2-d weight."""
+    """The MatmulMatch of ``node``, or None when it is not a matmul with a constant 2-d operand."""
     if node.op != "call_function":
         return None
     if node.target == aten.linear.default:
@@ -73,17 +95,163 @@ def match(gm: GraphModule, node: Node) -> MatmulMatch | None:
         if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
             return None
         src, bias = _weight_source(gm, node.args[2]), _const_name(gm, node.args[0])
-        if src is None or bias is None:
+        if src is None or bias is None or get_constant(gm, bias).dim() != 1:
             return None
         name, transposed, wn = src
         return MatmulMatch(node, 1, name, not transposed, bias, wn + (node.args[0],))
-    if node.target in (aten.mm.default, aten.matmul.default):
-        src = _weight_source(gm, node.args[1])
-        if src is None:
-            return None
-        name, transposed, wn = src
-        return MatmulMatch(node, 0, name, not transposed, None, wn)
+    if node.target in (aten.mm.default, aten.matmul.default, aten.mv.default):
+        src = _weight_source(gm, node.args[1]) if node.target != aten.mv.default else None
+        if src is not None:
+            name, transposed, wn = src
+            return MatmulMatch(node, 0, name, not transposed, None, wn)
+        return _match_left(gm, node)
+    if node.target in (aten.conv2d.default, aten.convolution.default):
+        return _match_conv(gm, node)
+    if node.target == aten.mul.Tensor:
+        return _match_diag(gm, node)
     return None
+
+
+def _match_left(gm: GraphModule, node: Node) -> MatmulMatch | None:
+    """``A @ H`` with A a constant matrix and H an activation of rank >= 1."""
+    src = _weight_source(gm, node.args[0])
+    other = node.args[1]
+    if src is None or _const_name(gm, other) is not None or not isinstance(other, Node):
+        return None
+    rank = _rank(other)
+    if rank is None or rank < 1 or get_constant(gm, src[0]).dim() != 2:
+        return None
+    name, transposed, wn = src
+    return MatmulMatch(node, 1, name, transposed, None, wn, kind="left")
+
+
+def _ints(v, n: int = 2) -> list[int] | None:
+    if isinstance(v, int):
+        return [v] * n
+    if isinstance(v, (list, tuple)) and all(isinstance(i, int) for i in v):
+        return list(v) * n if len(v) == 1 else list(v)
+    return None
+
+
+def _match_conv(gm: GraphModule, node: Node) -> MatmulMatch | None:
+    """A 2-d convolution (groups 1, not transposed) with a constant 4-d filter and constant bias."""
+    args = list(node.args)
+    if node.target == aten.convolution.default:
+        if len(args) < 9 or args[6] or args[8] != 1:  # transposed conv / groups
+            return None
+        stride, padding, dilation = args[3], args[4], args[5]
+    else:
+        defaults = [None, None, None, [1, 1], [0, 0], [1, 1], 1]
+        args = args + defaults[len(args):]
+        for i, key in enumerate(("input", "weight", "bias", "stride", "padding", "dilation", "groups")):
+            if key in node.kwargs:
+                args[i] = node.kwargs[key]
+        stride, padding, dilation = args[3], args[4], args[5]
+        if args[6] != 1:
+            return None
+    w_name, b = _const_name(gm, args[1]), args[2]
+    if w_name is None or (b is not None and _const_name(gm, b) is None):
+        return None
+    stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
+    w = get_constant(gm, w_name)
+    if w.dim() != 4 or None in (stride, padding, dilation) or _rank(args[0]) not in (3, 4):
+        return None
+    extra = (b,) if b is not None else ()
+    params = {"kernel_size": tuple(w.shape[2:]), "stride": tuple(stride), "padding": tuple(padding),
+              "dilation": tuple(dilation)}
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):  # the example's output size: which kernel shapes to compile up front
+        params["out_hw"] = tuple(int(optimization_hint(s, fallback=1)) for s in val.shape[-2:])
+    return MatmulMatch(node, 0, w_name, False, _const_name(gm, b), (args[1], *extra), kind="conv2d",
+                       params=params)
+
+
+def _column_vector(gm: GraphModule, node) -> tuple[str, tuple[Node, ...]] | None:
+    """A constant vector s broadcast along rows: ``s[:, None]`` / ``s.view(-1, 1)`` or a stored [M, 1]."""
+    name = _const_name(gm, node)
+    if name is not None:
+        t = get_constant(gm, name)
+        return (name, (node,)) if t.dim() == 2 and t.shape[1] == 1 else None
+    if isinstance(node, Node) and node.op == "call_function" and node.target in _UNSQUEEZES:
+        inner = _const_name(gm, node.args[0])
+        if inner is None or get_constant(gm, inner).dim() != 1:
+            return None
+        shape = node.meta.get("val").shape if isinstance(node.meta.get("val"), torch.Tensor) else None
+        if shape is None or len(shape) != 2 or shape[1] != 1:
+            return None
+        return inner, (node.args[0], node)
+    return None
+
+
+def _match_diag(gm: GraphModule, node: Node) -> MatmulMatch | None:
+    """``s[:, None] * H`` (either operand order) with s a mostly-zero constant and H [..., M, N]."""
+    if len(node.args) != 2 or not all(isinstance(a, Node) for a in node.args):
+        return None
+    for idx in (0, 1):
+        src = _column_vector(gm, node.args[idx])
+        other = node.args[1 - idx]
+        if src is None or _const_name(gm, other) is not None:
+            continue
+        s = get_constant(gm, src[0]).reshape(-1)
+        val, oval = node.meta.get("val"), other.meta.get("val")
+        if not (isinstance(val, torch.Tensor) and isinstance(oval, torch.Tensor)) or oval.dim() < 2:
+            continue
+        # the product must have H's shape (no broadcast growth) and s must scale H's rows
+        if [str(d) for d in val.shape] != [str(d) for d in oval.shape] or str(oval.shape[-2]) != str(len(s)):
+            continue
+        if not s.is_floating_point() or float((s != 0).float().mean()) > DIAG_MAX_DENSITY:
+            continue
+        return MatmulMatch(node, 1 - idx, src[0], False, None, src[1], kind="diag")
+    return None
+
+
+def weight_matrix(gm: GraphModule, m: MatmulMatch) -> torch.Tensor:
+    """The constant as the 2-d matrix W [out, in] the kernel multiplies with."""
+    w = get_constant(gm, m.weight)
+    if m.kind == "conv2d":
+        return w.reshape(w.shape[0], -1)
+    if m.kind == "diag":
+        return torch.diag(w.reshape(-1))
+    return w.t() if m.transposed else w
+
+
+def rows_of(kind: str, shape) -> int:
+    """N, the columns of X^T the kernel sees, for an output of ``shape``: the product of its sizes
+    without the feature dimension (the last for linear, -2 for left and diag, 1 for conv2d)."""
+    if len(shape) == 0:
+        return 1
+    feature = {"linear": len(shape) - 1, "conv2d": 1 if len(shape) == 4 else 0}.get(kind, max(len(shape) - 2, 0))
+    rows = 1
+    for d, s in enumerate(shape):
+        if d != feature:
+            rows *= int(s)
+    return rows
+
+
+def example_rows(m: MatmulMatch) -> int:
+    """N at the example inputs (1 if unknown; data-dependent sizes count 1 until the rows pass runs)."""
+    val = m.node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return 1
+    return max(rows_of(m.kind, [optimization_hint(s, fallback=1) for s in val.shape]), 1)
+
+
+def runtime_module(m: MatmulMatch, name: str, fmt, weight: torch.Tensor, bias: torch.Tensor | None,
+                   activation: str | None, has_residual: bool, threads: int) -> torch.nn.Module:
+    """The runtime module that computes the fused group of ``m`` (its class depends on the kind)."""
+    from sparsec.runtime.sparse_conv import SparseConv2d
+    from sparsec.runtime.sparse_left import SparseLeft
+    from sparsec.runtime.sparse_linear import SparseLinear
+    from sparsec.runtime.sparse_rows import BucketedSparseLinear
+
+    common = (name, fmt, weight, bias, activation, has_residual, threads)
+    if m.kind == "conv2d":
+        return SparseConv2d(*common, **m.params)
+    if m.kind in ("left", "diag"):
+        return SparseLeft(*common)
+    if m.params.get("bucket_rows"):
+        return BucketedSparseLinear(*common)
+    return SparseLinear(*common)
 
 
 def get_constant(gm: GraphModule, name: str) -> torch.Tensor:

@@ -68,6 +68,7 @@ class CompiledModel(torch.nn.Module):
         dynamic = self.options.dynamic and not self._variants
         cap = capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target="cpu")
+        ctx.example_inputs = tuple(pytree.tree_leaves((args, kwargs)))
         threads = self.options.threads or default_threads()
         ctx.machine = calibrate.machine(threads) if self.options.calibrate else dataclasses.replace(
             DEFAULT_MACHINE, threads=threads
