@@ -11,7 +11,7 @@ def test_inspect_prints_mlir():
         [sys.executable, "-m", "sparsec.cli", "inspect", "mlir"], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
-    assert "sparse_tensor.encoding" in out.stdout
+    assert "func.func @sparsec_" in out.stdout and "// kernel" in out.stdout
 
 
 def test_demo_runs_and_checks(capsys):
@@ -21,4 +21,4 @@ def test_demo_runs_and_checks(capsys):
     assert set(results) == {"mlp", "transformer_block"}
     for r in results.values():
         assert r["error"] < 1e-4 and r["speedup"] > 0
-    assert "speedup" in capsys.readouterr().out or True
+    assert "speedup" in capsys.readouterr().out

@@ -10,9 +10,18 @@ from sparsec.runtime.compiled_model import CompiledModel
 
 
 def resolve_target(target: str) -> str:
-    """'auto' means the GPU when one is present, else the CPU."""
+    """'auto' means the GPU when one is present (and Triton is installed), else the CPU.
+
+    "gpu" without a CUDA GPU, or "gpu"/"interpret" without Triton, raise UnsupportedError.
+    """
+    from sparsec.codegen.triton import cuda_available, triton_available
+
     if target == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
+        return "gpu" if cuda_available() and triton_available() else "cpu"
+    if target in ("gpu", "interpret") and not triton_available():
+        raise UnsupportedError(f"target={target!r} needs the triton package (pip install triton)")
+    if target == "gpu" and not cuda_available():
+        raise UnsupportedError("target='gpu' needs a CUDA GPU and none is visible; use target='cpu' or 'interpret'")
     return target
 
 
@@ -33,10 +42,4 @@ def sparse_compile(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     opts = CompileOptions(target=target, **options)
-    resolved = resolve_target(opts.target)
-    if resolved != "cpu":
-        raise UnsupportedError(
-            f"target {resolved!r} is not available in this build yet; use target='cpu' "
-            "(the Triton GPU path is tracked separately)"
-        )
-    return CompiledModel(model, tuple(example_inputs), example_kwargs, opts)
+    return CompiledModel(model, tuple(example_inputs), example_kwargs, opts, resolve_target(opts.target))

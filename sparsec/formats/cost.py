@@ -56,3 +56,13 @@ def sparse_time(
     flops = 2.0 * n * stored
     moved = 4.0 * stored + index_bytes + 8.0 * n * (out_f + in_f)
     return max(flops / (rate * speedup), moved / m.bandwidth) + m.call_overhead * threads
+
+
+#: Uncalibrated rates for the GPU target (H100-class, fp16 tensor cores for dense and BSR; CSR and
+#: N:M kernels gather and run well below peak). No GPU was available to measure them: use
+#: ``autotune=True`` on the device for decisions from measurements. See benchmarks/bench_gpu.py.
+GPU_MACHINE = Machine(
+    dense_flops=400e12, dense_gemv_bw=2.5e12, sparse_flops=20e12, sparse_dot_flops=1e12,
+    block_flops=200e12, structured_flops=60e12, bandwidth=2.5e12, threads=1, thread_efficiency=0.0,
+    call_overhead=10e-6, torch_overhead=8e-6,
+)

@@ -63,8 +63,10 @@ def test_ir_stages():
     cm = sparsec.sparse_compile(model, (torch.randn(8, 64),), target="cpu", force_format="csr", min_weight_numel=0)
     assert "aten.linear" in cm.ir("fx")
     assert "# sparsec:" in cm.ir("sparse") and "density=" in cm.ir("sparse")
-    assert "sparse_tensor.encoding" in cm.ir("mlir")
+    assert "vector.fma" in cm.ir("mlir")  # CSR runs the register-blocked vector kernel
     assert "llvm.func" in cm.ir("llvm")
+    bsr = sparsec.sparse_compile(model, (torch.randn(8, 64),), target="cpu", force_format="coo", min_weight_numel=0)
+    assert "#sparse_tensor.encoding" in bsr.ir("mlir") and "singleton" in bsr.ir("mlir")  # the sparsifier path
     assert "sparsec_fc1" in cm.ir("lowered")
     with pytest.raises(ValueError, match="known stages"):
         cm.ir("bogus")

@@ -67,7 +67,9 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
     for k, passes in enumerate(segments(n)):
         lines += _pass(spec, k, passes, xt, ot)
     lines += ["  }", "  return", "}"]
-    return "module {\n" + "\n".join(lines) + "\n}\n"
+    head = (f"// CSR ({CSR_MAP}) Y^T = W X^T, register-blocked by hand: the sparsifier's loop for this\n"
+            "// level map stores the output once per nonzero; this one once per row segment.\n")
+    return head + "module {\n" + "\n".join(lines) + "\n}\n"
 
 
 def _vtype(width: int) -> str:

@@ -1,0 +1,58 @@
+"""target="interpret": the Triton kernels run the whole model on the CPU through Triton's interpreter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsec
+from sparsec.models import MLP
+from sparsec.prune import BlockPruner, MagnitudePruner, NMPruner
+from tests.conftest import assert_close
+
+
+def _model(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = MLP(64, 128, 32).eval()
+    layers = [m.fc1, m.fc2, m.fc3]
+    pruner = {"csr": MagnitudePruner(0.9), "nm2:4": NMPruner(2, 4), "bsr16x16": BlockPruner(0.75, (16, 16))}[kind]
+    pruner.prepare(m, layers)
+    pruner.step()
+    return pruner.finalize()
+
+
+@pytest.mark.parametrize("fmt", ["csr", "nm2:4", "bsr16x16"])
+def test_interpret_matches_eager(fmt):
+    model = _model(fmt)
+    x = torch.randn(8, 64)
+    cm = sparsec.sparse_compile(model, (x,), target="interpret", force_format=fmt, min_weight_numel=0)
+    assert {r.format for r in cm.report().layers} == {fmt}
+    assert_close(cm(x), model(x))
+    assert_close(cm(x[:3]), model(x[:3]))
+
+
+def test_interpret_stages_and_errors():
+    model = _model("csr")
+    cm = sparsec.sparse_compile(model, (torch.randn(4, 64),), target="interpret", force_format="csr",
+                                min_weight_numel=0)
+    assert "tl." in cm.ir("triton")
+    assert ".target sm_90" in cm.ir("ptx")
+    with pytest.raises(ValueError, match="target 'cpu'"):
+        cm.ir("mlir")
+    cpu = sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu")
+    with pytest.raises(ValueError, match="targets the CPU"):
+        cpu.ir("ptx")
+
+
+def test_user_formats_without_gpu_kernels_stay_dense():
+    model = _model("csr")
+    cm = sparsec.sparse_compile(model, (torch.randn(4, 64),), target="interpret", force_format="coo",
+                                min_weight_numel=0)
+    layer = cm.report().layers[0]
+    assert layer.format == "dense" and "Triton" in layer.reason
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised on machines without a CUDA GPU")
+def test_gpu_target_without_gpu_is_a_clear_error():
+    with pytest.raises(sparsec.UnsupportedError, match="CUDA GPU"):
+        sparsec.sparse_compile(_model("csr"), (torch.randn(4, 64),), target="gpu")
