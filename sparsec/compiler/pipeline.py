@@ -31,7 +31,9 @@ PASSES = [
     ("lower", lower.run),
 ]
 
-STAGES = ("fx", "sparse", "lowered", "mlir", "llvm")
+STAGES = ("fx", "sparse", "lowered", "mlir", "llvm", "triton", "ttgir", "ptx")
+#: stages only the GPU targets produce (compiled for sm_90 on request, no GPU needed)
+GPU_STAGES = ("triton", "ttgir", "ptx")
 
 
 def sparse_stage_text(gm: GraphModule) -> str:
@@ -57,13 +59,41 @@ def run_passes(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     ctx.stages["lowered"] = gm.code
     kernels = {}
     for layer in layers_of(gm):
-        if layer.module is not None:
+        if layer.module is not None and hasattr(layer.module, "kernels"):
             for k in layer.module.kernels(layer.n):
                 kernels[k.spec] = k
     ctx.stages["mlir"] = "\n".join(f"// kernel {k.spec.name}\n{k.mlir}" for k in kernels.values())
     ctx.stages["llvm"] = "\n".join(f"// kernel {k.spec.name}\n{k.llvm}" for k in kernels.values())
     _dump(ctx)
     return gm
+
+
+def gpu_stage_text(gm: GraphModule, stage: str, arch: int = 90) -> str:
+    """Triton source, or the ttgir / PTX compiled for ``sm_{arch}``, of every distinct GPU kernel."""
+    from sparsec.codegen import triton as tk
+
+    seen, parts = set(), []
+    for layer in layers_of(gm):
+        mod = layer.module
+        if mod is None or not hasattr(mod, "family"):
+            continue
+        if stage == "triton":
+            key = mod.family
+            text = tk.kernel_source(mod.family) if key not in seen else None
+        else:
+            variant = {"activation": mod.activation, "bias": mod.bias is not None, "residual": mod.has_residual}
+            if mod.family == "bsr":
+                variant["block"] = (mod.fmt.bh, mod.fmt.bw)
+            if mod.family == "nm":
+                variant["pattern"] = (mod.fmt.n, mod.fmt.m)
+            key = (mod.family, str(mod.dtype), tuple(sorted(variant.items())))
+            text = None
+            if key not in seen:
+                text = tk.compile_for_target(mod.family, arch=arch, dtype=mod.dtype, **variant)[stage]
+        if text is not None:
+            seen.add(key)
+            parts.append(f"// {layer.name}: {mod.family} kernel\n{text}")
+    return "\n".join(parts)
 
 
 def build_report(gm: GraphModule) -> Report:

@@ -1,7 +1,8 @@
 """lower: replace each sparse fusion group by one runtime call, and compile its kernels for the example N.
 
 The group (matmul node, then its fused activation and residual add) becomes a ``call_module`` of a
-SparseLinear that owns the packed weight; every other node stays a torch op. The kernel specs of
+runtime module that owns the packed weight: SparseLinear and its siblings on the CPU (MLIR kernels),
+TritonLinear on the GPU or the Triton interpreter; every other node stays a torch op. The kernel specs of
 the example shapes are compiled here so the first call is not slow and ``ir("mlir")`` has text.
 """
 
@@ -14,6 +15,7 @@ from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
 from sparsec.passes.matmul_like import get_constant, runtime_module
 from sparsec.runtime.threads import default_threads
+from sparsec.runtime.triton_linear import TritonLinear
 
 
 def _module_name(gm: GraphModule, layer_name: str) -> str:
@@ -36,9 +38,13 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         m = layer.m
         fmt = registry.get_format(layer.format)
         bias = get_constant(gm, m.bias) if m.bias is not None else None
-        module = runtime_module(  # SparseLinear, or the module of the match's kind (left, conv2d, diag)
-            m, layer.name, fmt, effective_weight(gm, m), bias, layer.activation, layer.residual is not None, threads
-        )
+        weight = effective_weight(gm, m)
+        if ctx.target == "cpu":  # SparseLinear, or the module of the match's kind (left, conv2d, diag)
+            module = runtime_module(m, layer.name, fmt, weight, bias, layer.activation, layer.residual is not None,
+                                    threads)
+        else:  # gpu, or the Triton interpreter on the CPU (select keeps non-Linear kinds dense there)
+            module = TritonLinear(layer.name, fmt, weight, bias, layer.activation, layer.residual is not None,
+                                  interpret=ctx.target == "interpret")
         mod_name = _module_name(gm, layer.name)
         gm.add_submodule(mod_name, module)
         tail = layer.fused_nodes[-1] if layer.fused_nodes else node
@@ -55,7 +61,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
                 graph.erase_node(wn)
         layer.module_name = mod_name
         layer.module = module
-        module.kernels(layer.n)
+        if hasattr(module, "kernels"):  # CPU modules: compile the example shape's kernels now
+            module.kernels(layer.n)
     graph.lint()
     gm.recompile()
     return gm

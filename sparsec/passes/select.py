@@ -11,6 +11,7 @@ from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
+from sparsec.runtime.triton_linear import gpu_family
 
 _DENSE = "dense"
 
@@ -31,8 +32,12 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if layer is None:
             continue
         facts = layer.facts
-        if layer.dtype != torch.float32:
+        if layer.dtype != torch.float32 and ctx.target == "cpu":
             layer.format, layer.reason = _DENSE, f"dtype {layer.dtype} (the CPU kernels are float32)"
+        elif ctx.target != "cpu" and layer.m.kind != "linear":
+            layer.format, layer.reason = _DENSE, f"the GPU path runs Linear-shaped weights only (this is {layer.m.kind})"
+        elif layer.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype} (the GPU kernels take fp32/fp16/bf16)"
         elif facts.numel < ctx.options.min_weight_numel:
             layer.format, layer.reason = _DENSE, f"small weight ({facts.numel} < {ctx.options.min_weight_numel} entries)"
         else:
@@ -46,6 +51,8 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
     facts, n = layer.facts, layer.n
     for fmt in _candidates(ctx):
         why_not = fmt.accepts(facts)
+        if why_not is None and ctx.target != "cpu" and fmt.label != _DENSE and gpu_family(fmt) is None:
+            why_not = "no Triton kernel for this format"
         if why_not is not None:
             layer.rejected[fmt.label] = why_not
             continue

@@ -23,9 +23,9 @@ from torch.utils import _pytree as pytree
 from sparsec.compiler.capture import Captured, capture
 from sparsec.compiler.context import CompileContext
 from sparsec.compiler.options import CompileOptions
-from sparsec.compiler.pipeline import STAGES, build_report, run_passes
+from sparsec.compiler.pipeline import GPU_STAGES, STAGES, build_report, gpu_stage_text, run_passes
 from sparsec.errors import CaptureError, InputError
-from sparsec.formats.cost import DEFAULT_MACHINE
+from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
 from sparsec.runtime import calibrate
 from sparsec.runtime.threads import default_threads
@@ -52,8 +52,11 @@ def _fingerprint(model: torch.nn.Module) -> dict[str, tuple]:
 class CompiledModel(torch.nn.Module):
     """A model compiled by ``sparse_compile``; call it like the original."""
 
-    def __init__(self, model: torch.nn.Module, args: tuple, kwargs: dict | None, options: CompileOptions) -> None:
+    def __init__(
+        self, model: torch.nn.Module, args: tuple, kwargs: dict | None, options: CompileOptions, target: str = "cpu"
+    ) -> None:
         super().__init__()
+        self.target = target
         self._model = [model]  # a list so nn.Module does not register the user's model as a child
         self.options = options
         self._example_flat, self._in_spec = pytree.tree_flatten((args, kwargs or {}))
@@ -67,12 +70,15 @@ class CompiledModel(torch.nn.Module):
         # Only the first capture is dynamic: later variants exist because a shape fell outside its ranges.
         dynamic = self.options.dynamic and not self._variants
         cap = capture(model, args, kwargs, dynamic=dynamic)
-        ctx = CompileContext(options=self.options, root=model, target="cpu")
+        ctx = CompileContext(options=self.options, root=model, target=self.target)
         ctx.example_inputs = tuple(pytree.tree_leaves((args, kwargs)))
         threads = self.options.threads or default_threads()
-        ctx.machine = calibrate.machine(threads) if self.options.calibrate else dataclasses.replace(
-            DEFAULT_MACHINE, threads=threads
-        )
+        if self.target == "cpu" and self.options.calibrate:
+            ctx.machine = calibrate.machine(threads)
+        elif self.target == "cpu":
+            ctx.machine = dataclasses.replace(DEFAULT_MACHINE, threads=threads)
+        else:
+            ctx.machine = GPU_MACHINE
         gm = run_passes(cap.module, ctx)
         variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap))
         self._variants.append(variant)
@@ -170,7 +176,15 @@ class CompiledModel(torch.nn.Module):
         """The text of one stage for this model: one of ``sparsec.STAGES``."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
-        return self._primary.ctx.stages.get(stage, "")
+        gpu = self.target in ("gpu", "interpret")
+        if stage in GPU_STAGES and not gpu:
+            raise ValueError(f"stage {stage!r} exists for target 'gpu' or 'interpret'; this model targets the CPU")
+        if stage in ("mlir", "llvm") and gpu:
+            raise ValueError(f"stage {stage!r} exists for target 'cpu'; this model targets {self.target!r}")
+        stages = self._primary.ctx.stages
+        if stage in GPU_STAGES and stage not in stages:
+            stages[stage] = gpu_stage_text(self._primary.module, stage)
+        return stages.get(stage, "")
 
     @property
     def graph_module(self) -> torch.fx.GraphModule:
