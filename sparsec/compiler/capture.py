@@ -33,7 +33,8 @@ def _auto_dims(args: tuple):
 
     def spec(x):
         if isinstance(x, torch.Tensor):
-            return {d: torch.export.Dim.AUTO for d in range(x.dim())}
+            # export specializes sizes 0 and 1 anyway (and warns); leave those dimensions static
+            return {d: torch.export.Dim.AUTO for d in range(x.dim()) if x.shape[d] > 1}
         return None
 
     return pytree.tree_map(spec, args)
