@@ -37,4 +37,8 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("sparsec.prune")
+    if name == "backend":  # torch.compile(model, backend=sparsec.backend)
+        from sparsec.compiler.backend import sparsec_backend
+
+        return sparsec_backend
     raise AttributeError(f"module 'sparsec' has no attribute {name!r}")
