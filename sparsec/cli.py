@@ -18,9 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("inspect", help="print one stage of the demo model's compilation")
     i.add_argument("stage", choices=STAGES)
     i.add_argument("--model", default="mlp", choices=["mlp", "transformer_block"])
-    b = sub.add_parser("bench", help="run the benchmark grid (see benchmarks/README.md)")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to benchmarks/bench_cpu.py")
-    args = parser.parse_args(argv)
+    # bench parses its own options (sparsec/bench/cli.py): [--target cpu|gpu] [--quick] [--out PATH] ...
+    sub.add_parser("bench", add_help=False, help="run the benchmarks (sparsec bench --help; benchmarks/README.md)")
+    args, rest = parser.parse_known_args(argv)
+    if args.cmd == "bench":
+        from sparsec.bench import main as bench_main
+
+        return bench_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.cmd == "demo":
         from sparsec.demo import run_demo
 
@@ -31,10 +37,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(demo_compiled(args.model).ir(args.stage))
         return 0
-    if args.cmd == "bench":
-        from sparsec.bench import main as bench_main
-
-        return bench_main(args.args)
     return 2
 
 

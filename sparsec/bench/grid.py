@@ -1,0 +1,92 @@
+"""The benchmark grid: shapes x N x sparsity x pattern, every implementation checked and timed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from sparsec.bench.methods import RTOL, WeightSuite, rel_error
+from sparsec.bench.timing import time_interleaved
+from sparsec.bench.weights import make_weight
+
+#: the issue's grid
+FULL_SHAPES = ((768, 768), (3072, 768), (768, 3072), (4096, 4096))
+FULL_NS = (1, 8, 64, 256)
+FULL_SPARSITIES = (0.5, 0.7, 0.9, 0.95, 0.99)
+FULL_PATTERNS = ("unstructured", "nm2:4", "block16", "block32")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Which rows to run and how long to time each implementation."""
+
+    shapes: tuple[tuple[int, int], ...] = FULL_SHAPES  # W [out, in]
+    ns: tuple[int, ...] = FULL_NS  # rows of X
+    sparsities: tuple[float, ...] = FULL_SPARSITIES
+    patterns: tuple[str, ...] = FULL_PATTERNS
+    budget_s: float = 0.12  # per implementation per row
+    seed: int = 0
+
+
+def grid_cases(cfg: GridConfig) -> list[tuple[tuple[int, int], str, float]]:
+    """(shape, pattern, sparsity) of every weight: 2:4 only at 50%, the other patterns at each sparsity."""
+    cases = []
+    for shape in cfg.shapes:
+        for pattern in cfg.patterns:
+            levels = (0.5,) if pattern.startswith("nm") else cfg.sparsities
+            cases += [(shape, pattern, s) for s in levels]
+    return cases
+
+
+def run_row(suite: WeightSuite, n: int, budget_s: float, seed: int) -> dict:
+    """Check and time every implementation on one (weight, N); returns the row's record."""
+    out_f, in_f = suite.weight.shape
+    x = torch.randn(n, in_f, generator=torch.Generator().manual_seed(seed + n))
+    cm, chosen, compile_s = suite.compile_chosen(x)
+    methods = suite.methods(x, cm, chosen)
+    ref = methods[0].fn()
+    checks = {}
+    for m in methods:  # the first call also warms up (JIT compiles each SparseLinear kernel for this N)
+        checks[m.name] = rel_error(m.as_nt(m.fn()), ref)
+    timings = time_interleaved({m.name: m.fn for m in methods}, budget_s)
+    dense_s = timings["dense"].median_s
+    rec_methods = {}
+    for m in methods:
+        t = timings[m.name]
+        err = checks[m.name]
+        rec_methods[m.name] = {
+            "us": t.median_s * 1e6, "p25_us": t.p25_s * 1e6, "p75_us": t.p75_s * 1e6, "reps": t.reps,
+            "speedup": dense_s / t.median_s, "err": err, "ok": err <= RTOL, "note": m.note,
+        }
+    best = max(rec_methods, key=lambda k: rec_methods[k]["speedup"] if rec_methods[k]["ok"] else 0.0)
+    return {
+        "out": out_f, "in": in_f, "n": n, "pattern": suite.pattern,
+        "sparsity": 1.0 - suite.facts.density, "chosen": chosen, "compile_s": compile_s,
+        "rejected": suite.rejected, "methods": rec_methods, "best": best,
+        "ok": all(v["ok"] for v in rec_methods.values()),
+    }
+
+
+def run_grid(cfg: GridConfig, threads: int, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every row of the grid; ``log`` gets one line per row."""
+    rows = []
+    cases = grid_cases(cfg)
+    start = time.perf_counter()
+    for i, ((out_f, in_f), pattern, sparsity) in enumerate(cases):
+        w = make_weight(out_f, in_f, sparsity, pattern, seed=cfg.seed + i)
+        suite = WeightSuite(w, pattern, threads)
+        for n in cfg.ns:
+            row = run_row(suite, n, cfg.budget_s, cfg.seed)
+            row["target_sparsity"] = sparsity
+            rows.append(row)
+            m = row["methods"]
+            extra = "" if row["ok"] else "  WRONG: " + ", ".join(
+                f"{k} err {v['err']:.1e}" for k, v in m.items() if not v["ok"])
+            log(f"[{time.perf_counter() - start:6.1f}s] {out_f}x{in_f} N={n:<3} {pattern:<12} {sparsity:.0%}: "
+                f"dense {m['dense']['us']:9.1f} us  sparsec[{row['chosen']}] {m['sparsec']['speedup']:6.2f}x  "
+                f"best {row['best']} {m[row['best']]['speedup']:.2f}x{extra}")
+        del suite
+    return rows
