@@ -12,10 +12,17 @@ from torch.fx import GraphModule
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.formats.cost import DEFAULT_MACHINE
-from sparsec.passes import analyze, autotune, fuse, lower, rows, select
+from sparsec.passes import analyze, autotune, cleanup, fold_bn, fuse, gather, lower, rows, select, shrink
 from sparsec.report.report import LayerReport, Report
 
 PASSES = [
+    # drop eval-mode identities (dropout) so a Linear meets its residual add; needs the exported graph
+    ("cleanup", cleanup.run),
+    # fold eval BatchNorm into the conv / Linear before it; needs constant weights and running stats
+    ("fold_bn", fold_bn.run),
+    # remove channels that are zero in every producer of a channel group (networkx groups); needs folded
+    # BatchNorms (a BatchNorm hides a zero channel) and runs before analyze so it measures the smaller weights
+    ("shrink", shrink.run),
     # measure every constant weight of a matmul-like node; needs the exported graph with node.meta["val"]
     ("analyze", analyze.run),
     # real N of layers whose N is data-dependent (MoE routing), bucketed kernels for them; needs analyze's
@@ -29,6 +36,9 @@ PASSES = [
     ("fuse", fuse.run),
     # replace each fused group by a SparseLinear call and compile its kernels; needs the fusion groups
     ("lower", lower.run),
+    # SDDMM S * (X @ B) and masked sums (S * X).sum() over a sparse constant -> COO gather kernels; runs
+    # after lower so the matmul passes never see these sites (their SparseLayer rows join the report)
+    ("gather", gather.run),
 ]
 
 STAGES = ("fx", "sparse", "lowered", "mlir", "llvm", "triton", "ttgir", "ptx")

@@ -42,9 +42,20 @@ class _Variant:
     specs: list  # per flattened input: (shape with None for dynamic dims, ranges) or a constant
 
 
+def _constants(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor the graph may read as a constant: parameters, buffers, and plain tensor attributes
+    (``self.A = torch.tensor(...)``, which torch.export lifts as constants without registering them)."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    for prefix, mod in model.named_modules():
+        for attr, value in vars(mod).items():
+            if isinstance(value, torch.Tensor) and not attr.startswith("_"):
+                named.append((f"{prefix}.{attr}" if prefix else attr, value))
+    return named
+
+
 def _fingerprint(model: torch.nn.Module) -> dict[str, tuple]:
     state = {}
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+    for name, t in _constants(model):
         state[name] = (id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype)
     return state
 
