@@ -30,12 +30,17 @@ class KernelSpec:
     activation: str | None = None
     residual: bool = False
     vl: int = 16
+    #: width of the stored column indices the kernel reads (16 halves index traffic when cols <= 32767;
+    #: only the hand-written CSR kernels take 16)
+    index_bits: int = 32
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         if self.form not in ("scatter", "dot"):
             raise ValueError(f"form {self.form!r} is not 'scatter' or 'dot'")
+        if self.index_bits not in (16, 32):
+            raise ValueError(f"index_bits must be 16 or 32, got {self.index_bits}")
         if self.form == "dot" and self.n != 1:
             raise ValueError("the dot form computes one row (n == 1)")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsec.codegen.mlir import emit_rowvec
 from sparsec.codegen.mlir.jit import (
     ArgRef,
     CompiledKernel,
@@ -22,7 +23,7 @@ from sparsec.codegen.mlir.jit import (
 )
 from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
-from sparsec.formats.base import PackedWeight, SparseFormat
+from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
 from sparsec.runtime.threads import run_parallel
 
 #: below this many multiply-adds a call runs on one thread (the handoff costs more than it saves)
@@ -57,7 +58,11 @@ class SparseLinear(torch.nn.Module):
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
         # Weight and bias arguments never change: build their descriptors once per slab.
         names = self.fmt.lmap.buffer_names()
-        self._fixed_args = [[ArgRef(numpy_descriptor(p.buffers[b])) for b in names] for p, _, _ in self.slabs]
+        # CSR's hand-written kernels read 16-bit column indices when the columns fit: less index traffic.
+        self.index_bits = 16 if self._csr_kernel() and self.slabs[0][0].padded_shape[1] <= 32767 else 32
+        # the kernels' view of each slab's buffers; kept here because descriptors hold raw pointers
+        self._kernel_buffers = [[self._narrow(b, p.buffers[b]) for b in names] for p, _, _ in self.slabs]
+        self._fixed_args = [[ArgRef(numpy_descriptor(a)) for a in bufs] for bufs in self._kernel_buffers]
         self._bias_args = [ArgRef(torch_descriptor(b)) if b is not None else None for _, b, _ in self.slabs]
         self._kernels: dict[int, list[CompiledKernel]] = {}
 
@@ -78,6 +83,15 @@ class SparseLinear(torch.nn.Module):
             slabs.append((packed, b, (r0, r1)))
         return slabs
 
+    def _csr_kernel(self) -> bool:
+        return emit_rowvec.supports(KernelSpec(self.fmt.label, self.fmt.level_map, 2, 2, 2))
+
+    def _narrow(self, name: str, buf):
+        """The buffer as the kernel reads it: coordinates as int16 when ``index_bits`` is 16."""
+        if self.index_bits == 16 and name.startswith("crd"):
+            return aligned_copy(buf.astype("int16"))
+        return buf
+
     def spec(self, packed: PackedWeight, n: int) -> KernelSpec:
         """The kernel spec of one slab for ``n`` rows of input."""
         rows, cols = packed.padded_shape
@@ -92,6 +106,7 @@ class SparseLinear(torch.nn.Module):
             activation=self.activation,
             residual=self.has_residual,
             vl=vector_length(n) if n > 1 else 0,
+            index_bits=self.index_bits,
         )
 
     def kernels(self, n: int) -> list[CompiledKernel]:

@@ -44,7 +44,8 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
         return _emit_dot(spec)
     r, c, n = spec.rows, spec.cols, spec.n
     xt, ot = f"memref<{c}x{n}xf32>", f"memref<{r}x{n}xf32>"
-    args = ["%pos: memref<?xi32>", "%crd: memref<?xi32>", "%val: memref<?xf32>", f"%x: {xt}"]
+    it = f"i{spec.index_bits}"
+    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", "%val: memref<?xf32>", f"%x: {xt}"]
     if spec.bias:
         args.append(f"%bias: memref<{r}xf32>")
     if spec.residual:
@@ -65,7 +66,7 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
     if spec.bias:
         lines.append(f"    %bs = memref.load %bias[%i] : memref<{r}xf32>")
     for k, passes in enumerate(segments(n)):
-        lines += _pass(spec, k, passes, xt, ot)
+        lines += _pass(spec, k, passes, xt, ot, it)
     lines += ["  }", "  return", "}"]
     head = (f"// CSR ({CSR_MAP}) Y^T = W X^T, register-blocked by hand: the sparsifier's loop for this\n"
             "// level map stores the output once per nonzero; this one once per row segment.\n")
@@ -76,7 +77,7 @@ def _vtype(width: int) -> str:
     return "f32" if width == 1 else f"vector<{width}xf32>"
 
 
-def _pass(spec: KernelSpec, k: int, segs: list[tuple[int, int]], xt: str, ot: str) -> list[str]:
+def _pass(spec: KernelSpec, k: int, segs: list[tuple[int, int]], xt: str, ot: str, it: str) -> list[str]:
     """One walk over the row's nonzeros accumulating ``segs`` in registers, then the epilogue."""
     types = [_vtype(w) for _, w in segs]
     lines = []
@@ -89,8 +90,8 @@ def _pass(spec: KernelSpec, k: int, segs: list[tuple[int, int]], xt: str, ot: st
         f"    %acc{k}:{len(segs)} = scf.for %p = %p0 to %p1 step %c1 iter_args({iters}) -> ({', '.join(types)}) {{"
     )
     lines += [
-        "      %ki = memref.load %crd[%p] : memref<?xi32>",
-        "      %kk = arith.index_cast %ki : i32 to index",
+        f"      %ki = memref.load %crd[%p] : memref<?x{it}>",
+        f"      %kk = arith.index_castui %ki : {it} to index",
         "      %v = memref.load %val[%p] : memref<?xf32>",
     ]
     news = []
@@ -137,7 +138,8 @@ def _epilogue(spec: KernelSpec, k: int, q: int, width: int, ty: str, ot: str) ->
 def _emit_dot(spec: KernelSpec) -> str:
     """N == 1: each row gathers x at 16 stored columns at a time (AVX-512 gather), then reduces."""
     r, c = spec.rows, spec.cols
-    args = ["%pos: memref<?xi32>", "%crd: memref<?xi32>", "%val: memref<?xf32>", f"%x: memref<{c}xf32>"]
+    it = f"i{spec.index_bits}"
+    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", "%val: memref<?xf32>", f"%x: memref<{c}xf32>"]
     if spec.bias:
         args.append(f"%bias: memref<{r}xf32>")
     if spec.residual:
@@ -160,6 +162,7 @@ func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }}
   %zv = arith.constant dense<0.0> : vector<16xf32>
   %zs = arith.constant 0.0 : f32
   %all = arith.constant dense<true> : vector<16xi1>
+  %zi = arith.constant dense<0> : vector<16xi32>
   %xf = memref.reinterpret_cast %x to offset: [0], sizes: [{c}], strides: [1] : memref<{c}xf32> to memref<?xf32>
   scf.for %i = %c0 to %rows step %c1 {{
     %p0i = memref.load %pos[%i] : memref<?xi32>
@@ -173,15 +176,16 @@ func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }}
     %pv = arith.addi %p0, %vlen : index
     %acc = scf.for %p = %p0 to %pv step %c16 iter_args(%a = %zv) -> (vector<16xf32>) {{
       %vals = vector.load %val[%p] : memref<?xf32>, vector<16xf32>
-      %cols = vector.load %crd[%p] : memref<?xi32>, vector<16xi32>
+      %colsn = vector.load %crd[%p] : memref<?x{it}>, vector<16x{it}>
+      {"%cols = arith.extui %colsn : vector<16xi16> to vector<16xi32>" if it == "i16" else "%cols = arith.addi %colsn, %zi : vector<16xi32>"}
       %xs = vector.gather %xf[%c0][%cols], %all, %zv : memref<?xf32>, vector<16xi32>, vector<16xi1>, vector<16xf32> into vector<16xf32>
       %an = vector.fma %vals, %xs, %a : vector<16xf32>
       scf.yield %an : vector<16xf32>
     }}
     %part = vector.reduction <add>, %acc : vector<16xf32> into f32
     %sum = scf.for %p = %pv to %p1 step %c1 iter_args(%s = %part) -> (f32) {{
-      %ki = memref.load %crd[%p] : memref<?xi32>
-      %k = arith.index_cast %ki : i32 to index
+      %ki = memref.load %crd[%p] : memref<?x{it}>
+      %k = arith.index_castui %ki : {it} to index
       %w = memref.load %val[%p] : memref<?xf32>
       %xv = memref.load %x[%k] : memref<{c}xf32>
       %m = arith.mulf %w, %xv : f32

@@ -89,3 +89,20 @@ def test_spec_validation():
         KernelSpec("csr", "(i, j) -> (i : dense, j : compressed)", 8, 8, 4, activation="softplus")
     with pytest.raises(ValueError):
         KernelSpec("csr", "(i, j) -> (i : dense, j : compressed)", 8, 8, 4, form="dot")
+
+
+def test_kernel_buffers_survive_garbage_collection():
+    """Descriptors hold raw pointers: every buffer a kernel reads must stay owned by the layer."""
+    import gc
+
+    import numpy as np
+
+    w = random_weight(512, 1024, 0.1, 3)
+    layer = SparseLinear("t", registry.get_format("csr"), w, None, None, False, threads=2)
+    assert layer.index_bits == 16
+    gc.collect()
+    junk = [np.full(1 << 16, 7.0) for _ in range(64)]  # reuse freed memory if anything was dropped
+    x = torch.randn(9, 1024)
+    assert_close(layer(x), reference(x, w))
+    assert_close(layer(x[:1]), reference(x[:1], w))
+    del junk
