@@ -154,5 +154,16 @@ def run_model(name: str, cfg: E2EConfig, threads: int, log=print) -> dict:
 
 
 def run_e2e(cfg: E2EConfig, threads: int, log=print) -> list[dict]:
-    """Every model of ``cfg``."""
-    return [run_model(name, cfg, threads, log) for name in cfg.models]
+    """Every model of ``cfg``; a model that cannot run is recorded (skipped or failed), not fatal."""
+    out = []
+    for name in cfg.models:
+        try:
+            out.append(run_model(name, cfg, threads, log))
+        except ImportError as exc:  # transformers is an optional dependency (the `bench` extra)
+            log(f"{name}: skipped ({exc})")
+            out.append({"model": name, "skipped": f"{type(exc).__name__}: {exc}", "ok": True, "layer_check": []})
+        except Exception as exc:  # noqa: BLE001 - a failing model is a result of the benchmark
+            log(f"{name}: FAILED ({type(exc).__name__}: {exc})")
+            out.append({"model": name, "error": f"{type(exc).__name__}: {str(exc)[:500]}", "ok": False,
+                        "layer_check": []})
+    return out

@@ -41,20 +41,42 @@ def grid_cases(cfg: GridConfig) -> list[tuple[tuple[int, int], str, float]]:
     return cases
 
 
+def _raise(exc: Exception):
+    """A stand-in compiled model that re-raises the compile error (recorded as that method's failure)."""
+
+    def fail(_x: torch.Tensor) -> torch.Tensor:
+        raise exc
+
+    return fail
+
+
+def _sx(v: dict) -> str:
+    return f"{v['speedup']:6.2f}x" if v["speedup"] is not None else " failed"
+
+
 def run_row(suite: WeightSuite, n: int, budget_s: float, seed: int) -> dict:
     """Check and time every implementation on one (weight, N); returns the row's record."""
     out_f, in_f = suite.weight.shape
     x = torch.randn(n, in_f, generator=torch.Generator().manual_seed(seed + n))
-    cm, chosen, compile_s = suite.compile_chosen(x)
+    try:
+        cm, chosen, compile_s = suite.compile_chosen(x)
+    except Exception as exc:  # noqa: BLE001 - a compiler failure is a result of the benchmark, not its end
+        cm, chosen, compile_s = _raise(exc), "error", None
     methods = suite.methods(x, cm, chosen)
     ref = methods[0].fn()
-    checks = {}
+    checks, failed = {}, {}
     for m in methods:  # the first call also warms up (JIT compiles each SparseLinear kernel for this N)
-        checks[m.name] = rel_error(m.as_nt(m.fn()), ref)
-    timings = time_interleaved({m.name: m.fn for m in methods}, budget_s)
+        try:
+            checks[m.name] = rel_error(m.as_nt(m.fn()), ref)
+        except Exception as exc:  # noqa: BLE001
+            failed[m.name] = f"raised {type(exc).__name__}: {str(exc)[:300]}"
+    timings = time_interleaved({m.name: m.fn for m in methods if m.name not in failed}, budget_s)
     dense_s = timings["dense"].median_s
     rec_methods = {}
     for m in methods:
+        if m.name in failed:
+            rec_methods[m.name] = {"us": None, "speedup": None, "err": None, "ok": False, "note": failed[m.name]}
+            continue
         t = timings[m.name]
         err = checks[m.name]
         rec_methods[m.name] = {
@@ -84,9 +106,10 @@ def run_grid(cfg: GridConfig, threads: int, log: Callable[[str], None] = print) 
             rows.append(row)
             m = row["methods"]
             extra = "" if row["ok"] else "  WRONG: " + ", ".join(
-                f"{k} err {v['err']:.1e}" for k, v in m.items() if not v["ok"])
+                f"{k} " + (f"err {v['err']:.1e}" if v["err"] is not None else v["note"])
+                for k, v in m.items() if not v["ok"])
             log(f"[{time.perf_counter() - start:6.1f}s] {out_f}x{in_f} N={n:<3} {pattern:<12} {sparsity:.0%}: "
-                f"dense {m['dense']['us']:9.1f} us  sparsec[{row['chosen']}] {m['sparsec']['speedup']:6.2f}x  "
-                f"best {row['best']} {m[row['best']]['speedup']:.2f}x{extra}")
+                f"dense {m['dense']['us']:9.1f} us  sparsec[{row['chosen']}] {_sx(m['sparsec'])}  "
+                f"best {row['best']} {_sx(m[row['best']])}{extra}")
         del suite
     return rows

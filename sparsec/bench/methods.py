@@ -96,10 +96,13 @@ class WeightSuite:
             if fmt.level_map is None:  # dense: that is the torch baseline
                 continue
             why = fmt.accepts(self.facts)
-            if why is None:
-                self.forced[fmt.label] = SparseLinear("bench", fmt, self.weight, None, None, False, threads)
-            else:
+            if why is not None:
                 self.rejected[fmt.label] = why
+                continue
+            try:
+                self.forced[fmt.label] = SparseLinear("bench", fmt, self.weight, None, None, False, threads)
+            except Exception as exc:  # noqa: BLE001 - a packing failure is a finding, not the end of the run
+                self.rejected[fmt.label] = f"packing raised {type(exc).__name__}: {str(exc)[:200]}"
         self.w_csr = self.weight.to_sparse_csr()
         b = pattern_block(pattern)
         self.bsr_block = b

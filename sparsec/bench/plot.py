@@ -10,7 +10,7 @@ PANELS = (("unstructured", "unstructured"), ("block16", "16×16 blocks"), ("bloc
 
 
 def _geomean(values: list[float]) -> float:
-    vals = [v for v in values if v > 0]
+    vals = [v for v in values if v is not None and v > 0]
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else float("nan")
 
 

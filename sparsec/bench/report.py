@@ -49,6 +49,10 @@ def _e2e(e2e: list[dict]) -> list[str]:
     lines = ["| model | input | Linears 90% pruned | eager ms | sparsec ms | speedup | max rel. error | "
              "formats | compile s (in process) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in e2e:
+        if "skipped" in r or "error" in r:
+            what = f"skipped: {r['skipped']}" if "skipped" in r else f"**FAILED**: {r['error']}"
+            lines.append(f"| {r['model']} | {what} |" + " |" * 7)
+            continue
         name = r["model"] if r["model"] != "bert" else f"BERT ({r['bert_layers']} layers)"
         fm = ", ".join(f"{k} {v}" for k, v in sorted(r["formats"].items()))
         lines.append(f"| {name} | {r['inputs']} | {r['sparsity']:.0%} | {r['eager_ms']:.2f} | {r['sparsec_ms']:.2f} "

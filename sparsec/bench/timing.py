@@ -35,21 +35,26 @@ def time_interleaved(
     rounds: int = 3,
     min_reps: int = 5,
     max_reps: int = 1000,
+    slow_cap_s: float = 2.0,
 ) -> dict[str, Timing]:
     """Time every zero-argument callable in ``fns`` within about ``budget_s`` seconds each.
 
     Callables must already be warm (compiled, caches filled). Each of ``rounds`` rounds gives every
     method ``budget_s / rounds`` seconds, round-robin. A method gets at least ``min_reps`` samples
     unless one call alone exceeds the budget (then it gets one sample per round: slow baselines such
-    as scipy at 50% density must not stall the grid), and at most ``max_reps``.
+    as scipy at 50% density must not stall the grid), and at most ``max_reps``. A method that has spent
+    ``max(budget_s, slow_cap_s)`` in all sits out the remaining rounds (at least one sample is kept).
     """
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    cap = max(budget_s, slow_cap_s)
     per_round = budget_s / rounds
     want_per_round = -(-min_reps // rounds)
     cap_per_round = max(1, max_reps // rounds)
     for _ in range(rounds):
         for name, fn in fns.items():
             got = samples[name]
+            if got and sum(got) >= cap:
+                continue
             start = time.perf_counter()
             n = 0
             while n < cap_per_round:
