@@ -42,22 +42,36 @@ class _Variant:
     specs: list  # per flattened input: (shape with None for dynamic dims, ranges) or a constant
 
 
-def _constants(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every tensor the graph may read as a constant: parameters, buffers, and plain tensor attributes
-    (``self.A = torch.tensor(...)``, which torch.export lifts as constants without registering them)."""
-    named = list(model.named_parameters()) + list(model.named_buffers())
-    for prefix, mod in model.named_modules():
-        for attr, value in vars(mod).items():
-            if isinstance(value, torch.Tensor) and not attr.startswith("_"):
-                named.append((f"{prefix}.{attr}" if prefix else attr, value))
-    return named
+class _WeightWatch:
+    """Detects any change to the tensors the compiled graph read, in ~1 us per tensor.
 
+    Records, for every module, where each constant lives (its ``_parameters`` / ``_buffers`` /
+    ``__dict__`` entry) with the tensor's identity, storage pointer and autograd version, plus the
+    module tree itself. Walking ``named_parameters()`` on every call cost 1.2 ms for BERT-base.
+    """
 
-def _fingerprint(model: torch.nn.Module) -> dict[str, tuple]:
-    state = {}
-    for name, t in _constants(model):
-        state[name] = (id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype)
-    return state
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.tree, self.entries = [], []
+        for _, mod in model.named_modules():
+            for name, child in mod._modules.items():
+                self.tree.append((mod._modules, name, child))
+            for store in (mod._parameters, mod._buffers):
+                for name, t in store.items():
+                    if t is not None:
+                        self.entries.append((store, name, t, t._version, t.data_ptr()))
+            for name, value in vars(mod).items():
+                if isinstance(value, torch.Tensor) and not name.startswith("_"):
+                    self.entries.append((mod.__dict__, name, value, value._version, value.data_ptr()))
+
+    def changed(self) -> bool:
+        """True when a module, parameter, buffer or tensor attribute was replaced or written in place."""
+        for store, name, child in self.tree:
+            if store.get(name) is not child:
+                return True
+        for store, name, t, version, ptr in self.entries:
+            if store.get(name) is not t or t._version != version or t.data_ptr() != ptr:
+                return True
+        return False
 
 
 class CompiledModel(torch.nn.Module):
@@ -93,7 +107,7 @@ class CompiledModel(torch.nn.Module):
         gm = run_passes(cap.module, ctx)
         variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap))
         self._variants.append(variant)
-        self._weights = _fingerprint(model)
+        self._weights = _WeightWatch(model)
         if len(self._variants) == 1:  # the example's variant is the one users inspect
             self._primary = variant
         return variant
@@ -111,7 +125,7 @@ class CompiledModel(torch.nn.Module):
         flat, spec = pytree.tree_flatten((args, kwargs))
         self._check_inputs(flat, spec)
         with self._lock:
-            if _fingerprint(self._model[0]) != self._weights:
+            if self._weights.changed():
                 log.info("sparsec: the model's weights changed since compiling; recompiling")
                 self._variants.clear()
                 ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
