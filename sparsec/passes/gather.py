@@ -100,7 +100,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             continue
         if kind == "sddmm":
             module = SparseSDDMM(name, s)
-            n = int(_val(inputs[0]).shape[-1])  # K: multiply-adds per stored entry
+            # K: multiply-adds per stored entry (a hint: int() on a symbolic size would specialize it)
+            n = int(optimization_hint(_val(inputs[0]).shape[-1], fallback=1))
         else:
             module = SparseMaskedSum(name, s, site[5], site[6])
             n = 1  # rows of the batch: multiply-adds per stored entry
