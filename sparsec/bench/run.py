@@ -38,8 +38,8 @@ def full_config(threads: int = 2) -> BenchConfig:
 def quick_config(threads: int = 2) -> BenchConfig:
     """A reduced grid and a 2-layer BERT: under a minute, to exercise the harness (figures are indicative)."""
     grid = GridConfig(shapes=((768, 768), (3072, 768)), ns=(1, 64), sparsities=(0.7, 0.9, 0.99),
-                      patterns=("unstructured", "nm2:4", "block16"), budget_s=0.03)
-    e2e = E2EConfig(bert_layers=2, budget_s=0.6, layer_budget_s=0.03)
+                      patterns=("unstructured", "nm2:4", "block16"), budget_s=0.025)
+    e2e = E2EConfig(bert_layers=2, budget_s=0.4, layer_budget_s=0.02)
     return BenchConfig(grid=grid, e2e=e2e, threads=threads, quick=True)
 
 

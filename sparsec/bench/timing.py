@@ -18,6 +18,7 @@ class Timing:
     """Samples of one method: median, spread and count, in seconds."""
 
     median_s: float
+    min_s: float
     p25_s: float
     p75_s: float
     reps: int
@@ -26,7 +27,7 @@ class Timing:
 def _summary(samples: list[float]) -> Timing:
     s = sorted(samples)
     q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0], s[0], s[0]]
-    return Timing(median_s=statistics.median(s), p25_s=q[0], p75_s=q[2], reps=len(s))
+    return Timing(median_s=statistics.median(s), min_s=s[0], p25_s=q[0], p75_s=q[2], reps=len(s))
 
 
 def time_interleaved(
