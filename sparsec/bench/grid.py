@@ -112,4 +112,19 @@ def run_grid(cfg: GridConfig, threads: int, log: Callable[[str], None] = print) 
                 f"dense {m['dense']['us']:9.1f} us  sparsec[{row['chosen']}] {_sx(m['sparsec'])}  "
                 f"best {row['best']} {_sx(m[row['best']])}{extra}")
         del suite
+    annotate_baseline(rows)
     return rows
+
+
+def annotate_baseline(rows: list[dict]) -> None:
+    """Add ``dense_vs_best``: the row's dense median over the least dense median of its (shape, N).
+
+    Dense time does not depend on the weight's values, so every row of one (shape, N) should measure the
+    same baseline; a row far above the least one ran while something else loaded the machine.
+    """
+    best: dict[tuple[int, int, int], float] = {}
+    for r in rows:
+        key = (r["out"], r["in"], r["n"])
+        best[key] = min(best.get(key, float("inf")), r["methods"]["dense"]["us"])
+    for r in rows:
+        r["dense_vs_best"] = r["methods"]["dense"]["us"] / best[(r["out"], r["in"], r["n"])]

@@ -16,7 +16,15 @@ PATTERN_TITLES = {"unstructured": "Unstructured", "nm2:4": "2:4 (50%)", "block16
 
 
 def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}×"
+    if v is None:
+        return "-"
+    return f"{v:.2f}×" if v >= 0.1 else f"{v:.2g}×"
+
+
+def unstable(row: dict) -> bool:
+    """Whether the row's dense baseline looks disturbed (spread, or far above its (shape, N)'s best)."""
+    d = row["methods"]["dense"]
+    return d["p75_us"] > NOISY * d["p25_us"] or row.get("dense_vs_best", 1.0) > NOISY
 
 
 def _us(v: float) -> str:
@@ -96,9 +104,8 @@ def _grid_table(rows: list[dict], pattern: str) -> list[str]:
         kernels = {k: v for k, v in m.items() if k.startswith("sparsec:") and v["ok"]}
         best = max(kernels, key=lambda k: kernels[k]["speedup"]) if kernels else None
         bsr = next((v for k, v in m.items() if k.startswith("torch_bsr")), None)
-        d = m["dense"]
-        unstable = "≈" if d["p75_us"] > NOISY * d["p25_us"] else ""
-        cells = [f"{r['out']}×{r['in']}", str(r["n"]), f"{r['target_sparsity']:.0%}", unstable + _us(d["us"]),
+        mark = "≈" if unstable(r) else ""
+        cells = [f"{r['out']}×{r['in']}", str(r["n"]), f"{r['target_sparsity']:.0%}", mark + _us(m["dense"]["us"]),
                  r["chosen"], _x(m["sparsec"]["speedup"]),
                  _x(m[f"sparsec:{r['chosen']}"]["speedup"]) if f"sparsec:{r['chosen']}" in m else "-",
                  f"{best[8:]} {_x(kernels[best]['speedup'])}" if best else "-",
@@ -121,6 +128,10 @@ def render(payload: dict, targets: list[Target], plot_name: str | None, json_nam
             "rounds (each method a share of the time budget per round), after a warm-up call whose output is "
             "checked against dense (max error ≤ 1e-4 of the output's scale, on every row and method). "
             f"Raw records: `{json_name}`.", ""]
+    flagged = sum(1 for r in payload["grid"] if unstable(r))
+    if flagged:
+        out += [f"**{flagged} of {len(payload['grid'])} grid rows have a disturbed dense baseline (marked ≈ "
+                "below).**", ""]
     if payload["load"][0] is not None and payload["load"][0] > 0.5 * info["cores"]:
         out += [f"**Warning: the machine was busy (1-min load {payload['load'][0]:.2f} on {info['cores']} cores at "
                 "start): the 2-thread torch baseline suffers most from other processes, so speedups here are "
@@ -142,9 +153,10 @@ def render(payload: dict, targets: list[Target], plot_name: str | None, json_nam
             "the best format forced through `SparseLinear` (formats that accept the weight); torch CSR = the faster "
             "of `torch.sparse.mm(W_csr, X.t())` and `F.linear(X, W_csr)` (per row, in the JSON); torch BSR = "
             "`W.to_sparse_bsr(b)`, fastest call; scipy CSR = `W_sp @ X.T`, single-threaded. "
-            f"`≈` before a dense time: its samples spread more than {NOISY}× between the quartiles (another process "
-            "was running; that row's speedups are unreliable). The JSON also holds each method's minimum and "
-            "quartiles.", ""]
+            f"`≈` before a dense time: its samples spread more than {NOISY}× between the quartiles, or it is more "
+            f"than {NOISY}× the least dense time of the same shape and N in this run (dense does not depend on "
+            "sparsity): something else was running, and that row's speedups are unreliable. The JSON also holds "
+            "each method's minimum and quartiles.", ""]
     for pattern in cfg["grid"]["patterns"]:
         rows = [r for r in payload["grid"] if r["pattern"] == pattern]
         if rows:

@@ -32,6 +32,18 @@ def test_weights_have_exact_sparsity(pattern, sparsity):
         assert int(nz_blocks.sum()) == 8  # 25% of 32 blocks; kept blocks are dense (randn is never 0)
 
 
+def test_disturbed_dense_baseline_is_flagged():
+    from sparsec.bench.grid import annotate_baseline
+    from sparsec.bench.report import unstable
+
+    def row(us, p25, p75):
+        return {"out": 8, "in": 8, "n": 1, "methods": {"dense": {"us": us, "p25_us": p25, "p75_us": p75}}}
+
+    rows = [row(100, 95, 105), row(400, 390, 410), row(110, 60, 200)]
+    annotate_baseline(rows)
+    assert [unstable(r) for r in rows] == [False, True, True]
+
+
 def test_grid_cases_two_four_only_at_half():
     cases = grid_cases(GridConfig(shapes=((8, 8),), sparsities=(0.7, 0.9)))
     assert [(p, s) for _, p, s in cases if p == "nm2:4"] == [("nm2:4", 0.5)]
