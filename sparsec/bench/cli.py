@@ -20,8 +20,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--quick", action="store_true", help="reduced grid and a 2-layer BERT (< 1 minute)")
     p.add_argument("--out", type=Path, default=None,
-                   help="markdown report (default benchmarks/RESULTS.md when ./benchmarks exists, else "
-                        "RESULTS.md; for --target gpu, bench_gpu.py's default)")
+                   help="markdown report (default: RESULTS.md for the full run, RESULTS_quick.md for --quick, "
+                        "RESULTS_partial.md when the grid or models are overridden; in ./benchmarks when it "
+                        "exists; for --target gpu, bench_gpu.py's default)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (sparsec follows torch); default 2")
     p.add_argument("--budget", type=float, default=None, help="seconds per method per grid row")
     p.add_argument("--shapes", type=_pairs, default=None, help="grid shapes OUTxIN,... (overrides the preset)")
@@ -46,6 +47,14 @@ def _config(args: argparse.Namespace):
                                e2e=dataclasses.replace(cfg.e2e, seed=args.seed, **e2e))
 
 
+def default_out(args: argparse.Namespace) -> Path:
+    """Only the full, unmodified run writes RESULTS.md; a quick or partial run must not overwrite it."""
+    partial = any(v is not None for v in (args.shapes, args.n, args.sparsity, args.patterns, args.models,
+                                          args.budget)) or args.threads != 2 or args.seed != 0
+    name = "RESULTS_quick.md" if args.quick else "RESULTS_partial.md" if partial else "RESULTS.md"
+    return (Path("benchmarks") if Path("benchmarks").is_dir() else Path(".")) / name
+
+
 def _command(argv: list[str] | None) -> str:
     """The command as typed: ``sparsec bench ...`` or ``python benchmarks/bench_cpu.py ...``."""
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from sparsec.bench.run import all_correct, run_bench
 
-    out = args.out or (Path("benchmarks/RESULTS.md") if Path("benchmarks").is_dir() else Path("RESULTS.md"))
+    out = args.out or default_out(args)
     payload = run_bench(_config(args), out, _command(argv))
     if not all_correct(payload):
         print("sparsec bench: some results differ from dense (see the report)", file=sys.stderr)

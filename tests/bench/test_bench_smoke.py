@@ -103,3 +103,11 @@ def test_compile_time_child_compiles_saved_model(tmp_path):
     torch.save(model.state_dict(), tmp_path / "state.pt")
     got = _child(str(tmp_path / "state.pt"), 1, 0, torch.get_num_threads())
     assert got["first_s"] > 0 and got["second_s"] > 0
+
+
+def test_only_the_full_run_defaults_to_results_md():
+    from sparsec.bench.cli import default_out, parse_args
+
+    assert default_out(parse_args([])[0]).name == "RESULTS.md"
+    assert default_out(parse_args(["--quick"])[0]).name == "RESULTS_quick.md"
+    assert default_out(parse_args(["--shapes", "768x768"])[0]).name == "RESULTS_partial.md"
