@@ -122,7 +122,7 @@ def render(payload: dict, targets: list[Target], plot_name: str | None, json_nam
     """The CPU section of RESULTS.md (markers included)."""
     info, cfg = payload["machine"], payload["config"]
     quick = cfg["quick"]
-    out = [BEGIN, "", "# CPU benchmark" + (" (--quick: reduced grid, not the full benchmark)" if quick else ""), ""]
+    out = [BEGIN, "", "## CPU benchmark" + (" (--quick: reduced grid, not the full benchmark)" if quick else ""), ""]
     out += ["Y = X·Wᵀ, fp32, W [out, in], X [N, in]. Every speedup is torch dense `F.linear` time over the "
             "method's time, both measured in this process; times are medians of repeats, taken in interleaved "
             "rounds (each method a share of the time budget per round), after a warm-up call whose output is "
@@ -136,15 +136,15 @@ def render(payload: dict, targets: list[Target], plot_name: str | None, json_nam
         out += [f"**Warning: the machine was busy (1-min load {payload['load'][0]:.2f} on {info['cores']} cores at "
                 "start): the 2-thread torch baseline suffers most from other processes, so speedups here are "
                 "unreliable. Rerun on a quiet machine.**", ""]
-    out += ["## Machine", "", *_machine(info, payload["load"]), "", "## Command", "", "```",
+    out += ["### Machine", "", *_machine(info, payload["load"]), "", "### Command", "", "```",
             payload["command"], "```", "",
             f"Grid: {len(payload['grid'])} rows in {payload['grid_s']:.0f} s; budget {cfg['grid']['budget_s']} s "
             f"per method per row. Total run {payload['total_s']:.0f} s.", "",
-            "## Targets (figures computed from this run)", "", *_targets(targets), "",
+            "### Targets (figures computed from this run)", "", *_targets(targets), "",
             "`sparsec` = the selector's pick: a one-Linear model compiled with `sparse_compile(..., "
             "target=\"cpu\")` and called as `cm(X)`. The forced kernels (`sparsec:<format>`) are in the JSON and in "
             "the grid tables' \"fastest sparsec kernel\" column.", "",
-            "## End to end", "", *_e2e(payload["e2e"]), "", "## Grid", ""]
+            "### End to end", "", *_e2e(payload["e2e"]), "", "### Grid", ""]
     if plot_name:
         out += [f"![speedup vs sparsity]({plot_name})", ""]
     out += ["Columns: `sparsec ×` = the selector's pick through the compiled model (`cm(X)`, its call overhead "
@@ -160,7 +160,7 @@ def render(payload: dict, targets: list[Target], plot_name: str | None, json_nam
     for pattern in cfg["grid"]["patterns"]:
         rows = [r for r in payload["grid"] if r["pattern"] == pattern]
         if rows:
-            out += [f"### {PATTERN_TITLES.get(pattern, pattern)}", "", *_grid_table(rows, pattern), ""]
+            out += [f"#### {PATTERN_TITLES.get(pattern, pattern)}", "", *_grid_table(rows, pattern), ""]
     out.append(END)
     return "\n".join(out) + "\n"
 
