@@ -90,10 +90,12 @@ class CompiledModel(torch.nn.Module):
         self._compile(args, kwargs or {})
 
     # --- compiling ----------------------------------------------------------------------------------
-    def _compile(self, args: tuple, kwargs: dict) -> _Variant:
+    def _compile(self, args: tuple, kwargs: dict, dynamic: bool | None = None) -> _Variant:
         model = self._model[0]
-        # Only the first capture is dynamic: later variants exist because a shape fell outside its ranges.
-        dynamic = self.options.dynamic and not self._variants
+        # Only the first capture is dynamic by default: later variants exist because a shape fell outside
+        # its ranges (see _new_variant for the exception).
+        if dynamic is None:
+            dynamic = self.options.dynamic and not self._variants
         cap = capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target=self.target)
         ctx.example_inputs = tuple(pytree.tree_leaves((args, kwargs)))
@@ -133,15 +135,26 @@ class CompiledModel(torch.nn.Module):
             variant = self._find_variant(flat)
             if variant is None:
                 variant = self._new_variant(args, kwargs, flat)
+        try:
+            return variant.module(*args, **kwargs)
+        except AssertionError as exc:  # raised by the graph's first node, before any kernel ran
+            if "Guard failed" not in str(exc) or not variant.captured.dynamic:
+                raise
+        # The sizes fit every dimension's range but break a relation between them that the dynamic capture
+        # assumed (e.g. H * W fixed by a Linear after a flatten): compile a variant for exactly these
+        # shapes, which raises InputError naming them when the model cannot run on them at all.
+        with self._lock:
+            variant = self._find_variant(flat, static_only=True) or self._new_variant(args, kwargs, flat)
         return variant.module(*args, **kwargs)
 
     def _check_inputs(self, flat: list, spec) -> None:
         ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
         args, kwargs = pytree.tree_unflatten(flat, spec)
         if len(args) != len(ex_args):
+            extra = f" and keyword input(s) {sorted(kwargs)}" if kwargs else ""
             raise InputError(
-                f"the model was compiled for {len(ex_args)} positional input(s), got {len(args)} "
-                f"(wrong number of inputs)"
+                f"the model was compiled for {len(ex_args)} positional input(s), got {len(args)}{extra} "
+                f"(wrong number of inputs; pass them the way the example inputs were passed)"
             )
         if set(kwargs) != set(ex_kwargs):
             raise InputError(f"keyword inputs {sorted(kwargs)} differ from the compiled {sorted(ex_kwargs)}")
@@ -166,14 +179,19 @@ class CompiledModel(torch.nn.Module):
                 fixed = self._primary.specs[i]
                 if self._primary.captured.dynamic and fixed is not None:
                     for d, (size, want) in enumerate(zip(got.shape, fixed[0], strict=True)):
-                        if want is not None and size != want:
+                        # a size 0/1 in the example is static only because export specializes it: the
+                        # model does not fix it, so another size gets its own variant (_new_variant)
+                        if want is not None and size != want and ex.shape[d] > 1:
                             raise InputError(
                                 f"input {i}: shape {tuple(got.shape)}, but dimension {d} must be {want} "
                                 f"(the model fixes it; example shape {tuple(ex.shape)})"
                             )
 
-    def _find_variant(self, flat: list) -> _Variant | None:
-        for v in self._variants:
+    def _find_variant(self, flat: list, static_only: bool = False) -> _Variant | None:
+        # Shape-specialized variants first: they exist because the dynamic one rejected those exact shapes.
+        for v in sorted(self._variants, key=lambda v: v.captured.dynamic):
+            if static_only and v.captured.dynamic:
+                continue
             if all(_fits(s, x) for s, x in zip(v.specs, flat, strict=True)):
                 return v
         return None
@@ -186,8 +204,15 @@ class CompiledModel(torch.nn.Module):
                 f"{len(self._variants)} already (max_variants={self.options.max_variants})"
             )
         log.info("sparsec: compiling a variant for input shapes %s", [getattr(x, "shape", x) for x in flat])
+        # A size > 1 where the example had 0/1 (static in the first capture) is captured with dynamic
+        # dimensions again, so one more variant covers every such size.
+        grows = any(
+            isinstance(x, torch.Tensor) and isinstance(ex, torch.Tensor) and x.dim() == ex.dim()
+            and any(e <= 1 < g for e, g in zip(ex.shape, x.shape, strict=True))
+            for x, ex in zip(flat, self._example_flat, strict=True)
+        )
         try:
-            return self._compile(args, kwargs)
+            return self._compile(args, kwargs, dynamic=self.options.dynamic and grows or None)
         except CaptureError as exc:
             shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
             raise InputError(f"the model cannot run on input shapes {shapes}: {exc}") from exc
