@@ -111,3 +111,18 @@ def test_only_the_full_run_defaults_to_results_md():
     assert default_out(parse_args([])[0]).name == "RESULTS.md"
     assert default_out(parse_args(["--quick"])[0]).name == "RESULTS_quick.md"
     assert default_out(parse_args(["--shapes", "768x768"])[0]).name == "RESULTS_partial.md"
+
+
+def test_gpu_target_calls_bench_gpu_main(tmp_path, monkeypatch):
+    """With a GPU, --target gpu loads benchmarks/bench_gpu.py and passes --out, --quick and the rest on."""
+    from sparsec.bench import gpu
+    from sparsec.cli import main
+
+    seen = tmp_path / "argv.json"
+    script = tmp_path / "bench_gpu.py"
+    script.write_text(f"import json\ndef main(argv):\n    open({str(seen)!r}, 'w').write(json.dumps(argv))\n"
+                      "    return 0\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "find_bench_gpu", lambda: script)
+    assert main(["bench", "--target", "gpu", "--quick", "--out", "g.md", "--dtype", "bf16"]) == 0
+    assert json.loads(seen.read_text()) == ["g.md", *gpu.GPU_QUICK, "--dtype", "bf16"]
