@@ -29,6 +29,9 @@ class CompileOptions:
     dump_dir: str | None = field(default_factory=lambda: os.environ.get("SPARSEC_DUMP_DIR"))
     #: at most this many shape-specialized variants per compiled model before an error
     max_variants: int = 16
+    #: a sparse format must be predicted at least this much faster than dense to be chosen: predictions
+    #: carry noise, and a layer made slower costs more than a small win gains
+    min_speedup: float = 1.1
     #: use cost-model rates measured on this machine (a ~2 s run, cached on disk); False: built-in rates
     calibrate: bool = True
     #: time the candidate formats of every distinct layer on the real weights and keep the fastest
@@ -37,5 +40,7 @@ class CompileOptions:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
+        if self.min_speedup <= 0:
+            raise ValueError(f"min_speedup must be > 0, got {self.min_speedup}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")

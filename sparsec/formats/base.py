@@ -94,7 +94,7 @@ class SparseFormat:
         """Predicted seconds for ``Y = X W^T`` with ``n`` rows of X (see sparsec.formats.cost)."""
         out_f, in_f = facts.shape
         rate = getattr(machine, self.rate_name)
-        if n <= 4 and self.rate_name == "sparse_flops":
+        if n == 1 and self.rate_name == "sparse_flops":  # N = 1 runs the gather (dot) form
             rate = machine.sparse_dot_flops
         return costmodel.sparse_time(
             self.stored_values(facts), self.index_bytes(facts), out_f, in_f, n, rate, machine

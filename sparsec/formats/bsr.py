@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from sparsec.formats import cost as costmodel
 from sparsec.formats.base import SparseFormat
 from sparsec.formats.facts import BLOCK_SIZES, WeightFacts
 
@@ -43,6 +44,16 @@ class BSR(SparseFormat):
         if stored > 2 * max(facts.nnz, 1):
             return f"blocks {self.bh}x{self.bw} would store {stored / max(facts.nnz, 1):.1f}x the nonzeros"
         return None
+
+    def cost(self, facts: WeightFacts, n: int, machine: costmodel.Machine = costmodel.DEFAULT_MACHINE) -> float:
+        """As the base class, but N = 1 uses the dot-form rate measured for the nearest block size."""
+        if n != 1:
+            return super().cost(facts, n, machine)
+        nearest = min((8, 16, 32), key=lambda b: abs(b - max(self.bh, self.bw)))
+        rate = getattr(machine, f"block_dot_flops_{nearest}")
+        return costmodel.sparse_time(
+            self.stored_values(facts), self.index_bytes(facts), facts.shape[0], facts.shape[1], n, rate, machine
+        )
 
     def stored_values(self, facts: WeightFacts) -> int:
         """Whole blocks."""

@@ -21,6 +21,10 @@ class Machine:
     sparse_flops: float = 60e9  # MLIR scatter-form kernel (CSR-like) per thread, N >= 16
     sparse_dot_flops: float = 8e9  # gather/dot form at N = 1
     block_flops: float = 90e9  # MLIR BSR (dense inner blocks vectorize)
+    # BSR at N = 1 (the dot form) depends strongly on the block: 8x8 ran 2-6x faster than 16x16/32x32
+    block_dot_flops_8: float = 10e9
+    block_dot_flops_16: float = 4e9
+    block_dot_flops_32: float = 2e9
     structured_flops: float = 15e9  # MLIR structured[n, m] level: its inner loop stays scalar
     bandwidth: float = 20e9
     threads: int = 2

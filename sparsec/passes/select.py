@@ -68,6 +68,13 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
         layer.reason = f"force_format={forced!r} rejected: {layer.rejected.get(forced, 'not registered')}"
         return
     best = min(layer.costs, key=layer.costs.get)
+    if best != _DENSE and dense_cost / layer.costs[best] < ctx.options.min_speedup:
+        layer.format = _DENSE
+        layer.reason = (
+            f"best sparse format {best} predicted only {dense_cost / layer.costs[best]:.2f}x faster than dense "
+            f"at N={n} (< min_speedup {ctx.options.min_speedup})"
+        )
+        return
     layer.format = best
     if best == _DENSE:
         sparse = {k: v for k, v in layer.costs.items() if k != _DENSE}

@@ -83,6 +83,9 @@ def measure(threads: int) -> Machine:
     rates["sparse_flops"], _, _ = kernel_rate("csr", ws, 64)
     rates["sparse_dot_flops"], _, _ = kernel_rate("csr", weight(2048, 2048, 0.1), 1)
     rates["block_flops"], _, _ = kernel_rate("bsr16x16", weight(1024, 1024, 0.1, 16), 64)
+    aligned = weight(1024, 1024, 0.1, 32)  # 32-aligned blocks: every block size stores the same values
+    for b in (8, 16, 32):
+        rates[f"block_dot_flops_{b}"], _, _ = kernel_rate(f"bsr{b}x{b}", aligned, 1)
     nm = weight(512, 512, 1.0)
     groups = nm.reshape(512, -1, 4)
     keep = groups.abs().topk(2, dim=2).indices

@@ -88,3 +88,19 @@ def test_lower_replaces_groups_and_keeps_results():
     assert sum(str(t).startswith("sparsec_") for t in targets) == 3
     assert not any(n.target is torch.ops.aten.gelu.default for n in gm.graph.nodes)
     torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_select_requires_a_margin_over_dense():
+    _, _, layers = _run(Net(), torch.randn(64, 128), analyze, select, min_weight_numel=0, min_speedup=1000.0)
+    assert layers["a"].format == "dense" and "min_speedup" in layers["a"].reason
+
+
+def test_bsr_cost_at_one_row_uses_the_block_sizes_measured_rate():
+    from sparsec.formats.bsr import BSR
+    from sparsec.formats.cost import DEFAULT_MACHINE
+    from sparsec.formats.facts import compute_facts
+
+    facts = compute_facts(random_weight(256, 256, 0.3, 0, "block32"))
+    fast8 = DEFAULT_MACHINE.__class__(**{**DEFAULT_MACHINE.as_dict(), "block_dot_flops_8": 1e12})
+    assert BSR(8).cost(facts, 1, fast8) < BSR(32).cost(facts, 1, fast8)
+    assert BSR(8).cost(facts, 64, fast8) == BSR(8).cost(facts, 64, DEFAULT_MACHINE)
