@@ -12,7 +12,19 @@ from torch.fx import GraphModule
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.formats.cost import DEFAULT_MACHINE
-from sparsec.passes import analyze, autotune, cleanup, fold_bn, fuse, gather, lower, rows, select, shrink
+from sparsec.passes import (
+    analyze,
+    autotune,
+    cleanup,
+    conv_select,
+    fold_bn,
+    fuse,
+    gather,
+    lower,
+    rows,
+    select,
+    shrink,
+)
 from sparsec.report.report import LayerReport, Report
 
 PASSES = [
@@ -30,6 +42,8 @@ PASSES = [
     ("rows", rows.run),
     # pick a format per layer; needs the facts from analyze
     ("select", select.run),
+    # a conv2d layer's dense option is torch's conv2d (about 2x a GEMM's rate), not a GEMM; needs select's costs
+    ("conv_select", conv_select.run),
     # (autotune=True) time the leading candidates on the real weights; needs select's costs
     ("autotune", autotune.run),
     # attach activation / residual to each sparse layer; needs the chosen formats (dense layers are left alone)
