@@ -17,7 +17,7 @@ from tests.models import zoo
 
 @pytest.fixture(scope="module")
 def compiled():
-    model, inputs = zoo.cnn(sparsity=0.9)
+    model, inputs = zoo.cnn(width=64, sparsity=0.9)
     return model, inputs, sparsec.sparse_compile(model, inputs, target="cpu", calibrate=False)
 
 
@@ -33,7 +33,7 @@ def test_batchnorm_is_folded_and_convs_run_sparse(compiled):
     assert "batch_norm" not in rep.torch_ops and "_native_batch_norm_legit_no_training" not in rep.torch_ops
     convs = {r.name: r for r in rep.layers if r.name in ("c2", "c3")}
     assert len(convs) == 2 and all(r.format != "dense" for r in convs.values())
-    assert convs["c2"].shape == (64, 32 * 9)  # [Cout, Cin*kh*kw]
+    assert convs["c2"].shape == (128, 64 * 9)  # [Cout, Cin*kh*kw]
     assert "relu" in convs["c2"].fused and "bias" in convs["c2"].fused  # folded BN bias + ReLU in the kernel
     assert not any(t.startswith("sparsec") for t, _ in model.named_buffers())  # the user's model is untouched
 
