@@ -85,6 +85,8 @@ def _site(gm: GraphModule, node: Node):
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Replace every SDDMM / masked-sum site over a sparse enough constant by its gather kernel."""
+    if ctx.target != "cpu":  # the gather modules hold CPU index buffers
+        return gm
     graph, lines, changed = gm.graph, [], False
     for node in list(graph.nodes):
         site = _site(gm, node)
