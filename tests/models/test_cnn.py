@@ -96,3 +96,22 @@ def test_blocks_cover_every_output_position_once():
             assert (b1 - b0) * (r1 - r0) * ow <= max(1024, ow)
             seen[b0:b1, r0:r1] += 1
         assert seen.eq(1).all()
+
+
+def test_linear_batchnorm1d_is_folded():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.BatchNorm1d(128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 8))
+    zoo.randomize_bn(model)
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        model[0].weight.mul_(torch.rand_like(model[0].weight) < 0.1)
+    model.eval()
+    x = torch.randn(16, 64)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format="csr", min_weight_numel=0,
+                                calibrate=False)
+    assert "batch_norm" not in cm.report().torch_ops
+    assert cm.report().layers[0].fused == "bias+relu"
+    with torch.no_grad():
+        assert_close(cm(x), model(x))
