@@ -107,6 +107,11 @@ class CompiledModel(torch.nn.Module):
         else:
             ctx.machine = GPU_MACHINE
         gm = run_passes(cap.module, ctx)
+        # export's own input-constraint hook re-checks what _check_inputs and the graph's guard node
+        # already check (its pytree walk cost ~25 us per call); drop it
+        for key, hook in list(gm._forward_pre_hooks.items()):
+            if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+                del gm._forward_pre_hooks[key]
         variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap))
         self._variants.append(variant)
         self._weights = _WeightWatch(model)
@@ -148,6 +153,12 @@ class CompiledModel(torch.nn.Module):
         return variant.module(*args, **kwargs)
 
     def _check_inputs(self, flat: list, spec) -> None:
+        if spec != self._in_spec:
+            self._explain_structure(flat, spec)
+        self._check_leaves(flat)
+
+    def _explain_structure(self, flat: list, spec) -> None:
+        """Raise an InputError saying how the inputs' structure differs from the example inputs'."""
         ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
         args, kwargs = pytree.tree_unflatten(flat, spec)
         if len(args) != len(ex_args):
@@ -161,8 +172,10 @@ class CompiledModel(torch.nn.Module):
         for i, (got, ex) in enumerate(zip(args, ex_args, strict=True)):
             if isinstance(ex, torch.Tensor) and not isinstance(got, torch.Tensor):
                 raise InputError(f"input {i}: expected a tensor, got {type(got).__name__}")
-        if spec != self._in_spec:
-            raise InputError("the nested structure of the inputs differs from the example inputs'")
+        raise InputError("the nested structure of the inputs differs from the example inputs'")
+
+    def _check_leaves(self, flat: list) -> None:
+        """Every tensor input's type, dtype, device, rank and fixed dimensions, before any kernel runs."""
         for i, (got, ex) in enumerate(zip(flat, self._example_flat, strict=True)):
             if isinstance(ex, torch.Tensor):
                 if not isinstance(got, torch.Tensor):
