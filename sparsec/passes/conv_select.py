@@ -32,6 +32,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             continue
         dense = layer.costs[_DENSE]
         best = min(layer.costs, key=layer.costs.get)
+        if best != _DENSE and dense / layer.costs[best] < getattr(ctx.options, "min_speedup", 1.0):
+            best = _DENSE  # select's margin: a sparse kernel must be predicted clearly faster
         if best == _DENSE and layer.format != _DENSE:
             was = layer.format
             layer.reason = (f"{was} predicted {layer.costs[was] * 1e6:.0f} us vs dense conv2d "
