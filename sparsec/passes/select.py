@@ -57,6 +57,10 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
             layer.rejected[fmt.label] = why_not
             continue
         layer.costs[fmt.label] = fmt.cost(facts, n, machine)
+    if layer.m.kind == "diag":
+        # eager computes s[:, None] * H elementwise (read H, write the result), not as a matmul
+        rows = layer.facts.shape[0]
+        layer.costs[_DENSE] = 8.0 * rows * n / machine.bandwidth + machine.torch_overhead
     dense_cost = layer.costs[_DENSE]
     forced = ctx.options.force_format
     if forced is not None and forced in layer.costs:

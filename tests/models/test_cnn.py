@@ -27,15 +27,25 @@ def test_cnn_matches_eager(compiled):
         assert_close(cm(x), model(x))
 
 
-def test_batchnorm_is_folded_and_convs_run_sparse(compiled):
+def test_batchnorm_is_folded_and_small_convs_stay_dense(compiled):
+    """At batch 2 and 32x32, im2col + CSR measured slower than oneDNN's conv up to 98% sparsity
+    (0.99 vs 0.76 ms for the whole CNN on the project machine): the selector must keep them dense."""
     model, _, cm = compiled
     rep = cm.report()
     assert "batch_norm" not in rep.torch_ops and "_native_batch_norm_legit_no_training" not in rep.torch_ops
     convs = {r.name: r for r in rep.layers if r.name in ("c2", "c3")}
-    assert len(convs) == 2 and all(r.format != "dense" for r in convs.values())
-    assert convs["c2"].shape == (128, 64 * 9)  # [Cout, Cin*kh*kw]
-    assert "relu" in convs["c2"].fused and "bias" in convs["c2"].fused  # folded BN bias + ReLU in the kernel
+    assert len(convs) == 2 and convs["c2"].shape == (128, 64 * 9)  # [Cout, Cin*kh*kw]
+    assert all(r.format == "dense" and "conv2d" in r.reason for r in convs.values())
     assert not any(t.startswith("sparsec") for t, _ in model.named_buffers())  # the user's model is untouched
+
+
+def test_sparse_conv_fuses_folded_bias_and_relu():
+    model, (x,) = zoo.cnn(width=64, sparsity=0.9)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", calibrate=False, force_format="csr")
+    c2 = {r.name: r for r in cm.report().layers}["c2"]
+    assert c2.format == "csr" and "relu" in c2.fused and "bias" in c2.fused  # folded BN bias + ReLU
+    with torch.no_grad():
+        assert_close(cm(x), model(x))
 
 
 def test_every_conv_forced_sparse_fuses_its_epilogue():

@@ -84,9 +84,14 @@ def test_sddmm_stays_dense_when_s_is_dense():
 def test_sparse_row_scaling():
     s = S(300, 1, 0.2, 6).reshape(-1)
     model = zoo.RowScale(s)
+    # eager's s[:, None] * H is one elementwise pass; the selector prices it so and keeps it
     cm = _compile(model, (torch.randn(300, 40),), min_weight_numel=0)
     (row,) = cm.report().layers
-    assert row.format != "dense" and row.shape == (300, 300) and row.density < 0.01
+    assert row.format == "dense" and row.shape == (300, 300) and row.density < 0.01
+    _check(cm, model, torch.randn(300, 40))
+    # forced, the sparse kernel computes only the scaled rows, and matches
+    cm = _compile(model, (torch.randn(300, 40),), min_weight_numel=0, force_format="coo")
+    assert cm.report().layers[0].format == "coo"
     _check(cm, model, torch.randn(300, 40))
     _check(cm, model, torch.randn(300, 2))
 

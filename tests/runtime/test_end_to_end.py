@@ -46,7 +46,8 @@ def test_transformer_block_attention_stays_dense():
 
 def test_selector_picks_sparse_for_a_large_sparse_layer():
     model = _pruned(MLP(768, 3072, 768))
-    cm = sparsec.sparse_compile(model, (torch.randn(64, 768),), target="cpu")
+    # built-in rates: the selector's logic, not this machine's momentary load, decides
+    cm = sparsec.sparse_compile(model, (torch.randn(64, 768),), target="cpu", calibrate=False)
     assert cm.report().layers[0].format != "dense"
 
 
