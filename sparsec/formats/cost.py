@@ -39,6 +39,11 @@ class Machine:
 
 DEFAULT_MACHINE = Machine()
 
+#: below this many multiply-adds a kernel call runs on one thread: a handoff to the runtime's pool costs
+#: 20-40 us, about what a kernel does with 2M multiply-adds (99%-sparse 3072x768 at N=64 ran 9.8x dense
+#: with two threads). The runtime (SparseLinear) and the cost model share it.
+PARALLEL_MIN_WORK = 2_000_000
+
 
 def dense_time(out_f: int, in_f: int, n: int, m: Machine = DEFAULT_MACHINE) -> float:
     """Predicted seconds of torch's dense F.linear."""
@@ -55,7 +60,7 @@ def sparse_time(
     ``rate`` is the per-thread FLOP/s of the kernel family; rows are split across ``m.threads``.
     The transposes of the activation in and out of the kernel's layout count as memory traffic.
     """
-    threads = m.threads if stored * n > 200_000 else 1  # small kernels do not pay for a thread handoff
+    threads = m.threads if stored * n > PARALLEL_MIN_WORK else 1  # small kernels do not pay for a thread handoff
     speedup = 1 + (threads - 1) * m.thread_efficiency
     flops = 2.0 * n * stored
     moved = 4.0 * stored + index_bytes + 8.0 * n * (out_f + in_f)

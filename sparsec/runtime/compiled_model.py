@@ -40,6 +40,11 @@ class _Variant:
     ctx: CompileContext
     report: Report
     specs: list  # per flattened input: (shape with None for dynamic dims, ranges) or a constant
+    out_spec: object = None  # how the graph's flat outputs nest (the graph itself takes and returns flat lists)
+
+    def __call__(self, flat: list):
+        """Run the graph on flattened inputs and nest its outputs like the model's."""
+        return pytree.tree_unflatten(list(self.module(*flat)), self.out_spec)
 
 
 class _WeightWatch:
@@ -85,6 +90,9 @@ class CompiledModel(torch.nn.Module):
         self._model = [model]  # a list so nn.Module does not register the user's model as a child
         self.options = options
         self._example_flat, self._in_spec = pytree.tree_flatten((args, kwargs or {}))
+        self._plain_inputs = not kwargs and len(args) == len(self._example_flat) and all(
+            isinstance(a, torch.Tensor) for a in args
+        )
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
         self._compile(args, kwargs or {})
@@ -112,7 +120,17 @@ class CompiledModel(torch.nn.Module):
         for key, hook in list(gm._forward_pre_hooks.items()):
             if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
                 del gm._forward_pre_hooks[key]
-        variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap))
+        if all(isinstance(x, torch.Tensor) for x in ctx.example_inputs):
+            # the remaining hooks toggle a config for nn.Module-typed graph inputs; with tensors only they
+            # are no-ops that cost ~10 us per call
+            gm._forward_pre_hooks.clear()
+            gm._forward_hooks.clear()
+        # The exported module flattens its inputs and nests its outputs with pytree on every call; inputs
+        # are flattened once already here, so the graph is recompiled to take and return flat lists.
+        out_spec = gm._out_spec
+        gm.graph._codegen = torch.fx.graph.CodeGen()
+        gm.recompile()
+        variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap), out_spec)
         self._variants.append(variant)
         self._weights = _WeightWatch(model)
         if len(self._variants) == 1:  # the example's variant is the one users inspect
@@ -129,8 +147,14 @@ class CompiledModel(torch.nn.Module):
     # --- calling ------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         """Check inputs and weights, then run the lowered graph of the matching shape variant."""
-        flat, spec = pytree.tree_flatten((args, kwargs))
-        self._check_inputs(flat, spec)
+        if self._plain_inputs and not kwargs and len(args) == len(self._example_flat) and all(
+            isinstance(a, torch.Tensor) for a in args
+        ):
+            flat = list(args)  # the common case: positional tensors, nothing to flatten
+            self._check_leaves(flat)
+        else:
+            flat, spec = pytree.tree_flatten((args, kwargs))
+            self._check_inputs(flat, spec)
         with self._lock:
             if self._weights.changed():
                 log.info("sparsec: the model's weights changed since compiling; recompiling")
@@ -141,7 +165,7 @@ class CompiledModel(torch.nn.Module):
             if variant is None:
                 variant = self._new_variant(args, kwargs, flat)
         try:
-            return variant.module(*args, **kwargs)
+            return variant(flat)
         except AssertionError as exc:  # raised by the graph's first node, before any kernel ran
             if "Guard failed" not in str(exc) or not variant.captured.dynamic:
                 raise
@@ -150,7 +174,7 @@ class CompiledModel(torch.nn.Module):
         # shapes, which raises InputError naming them when the model cannot run on them at all.
         with self._lock:
             variant = self._find_variant(flat, static_only=True) or self._new_variant(args, kwargs, flat)
-        return variant.module(*args, **kwargs)
+        return variant(flat)
 
     def _check_inputs(self, flat: list, spec) -> None:
         if spec != self._in_spec:

@@ -24,10 +24,9 @@ from sparsec.codegen.mlir.jit import (
 from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
+from sparsec.formats.cost import PARALLEL_MIN_WORK
 from sparsec.runtime.threads import run_parallel
 
-#: below this many multiply-adds a call runs on one thread (the handoff costs more than it saves)
-PARALLEL_MIN_WORK = 400_000
 #: tests set this: output buffers start as NaN, so any element a kernel fails to write shows up
 POISON_OUTPUTS = False
 
