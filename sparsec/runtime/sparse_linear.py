@@ -24,7 +24,7 @@ from sparsec.codegen.mlir.jit import (
 from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
-from sparsec.formats.cost import PARALLEL_MIN_WORK
+from sparsec.formats.cost import PARALLEL_MIN_WORK, parallel_work
 from sparsec.runtime.threads import run_parallel
 
 #: tests set this: output buffers start as NaN, so any element a kernel fails to write shows up
@@ -167,7 +167,7 @@ class SparseLinear(torch.nn.Module):
             offset += rows
             # keep the buffers alive until the kernel ran: the descriptors hold raw pointers
             tasks.append(lambda k=kern, a=args, keep=(res, o, xt): k.call_refs(a))
-        if len(tasks) > 1 and self.stored * n < PARALLEL_MIN_WORK:
+        if len(tasks) > 1 and parallel_work(self.stored, n) < PARALLEL_MIN_WORK:
             for t in tasks:
                 t()
         else:
