@@ -16,6 +16,8 @@ import time
 import torch
 from torch import nn
 
+from sparsec.demo import timings
+
 
 def build(sparsity: float, seed: int = 0) -> nn.Module:
     """BertModel(bert-base config) in eval mode with its encoder's Linear weights pruned by magnitude."""
@@ -43,14 +45,7 @@ def inputs(batch: int, seq: int, vocab: int = 30522) -> tuple[torch.Tensor, torc
 
 def best_and_median(fn, repeats: int) -> tuple[float, float]:
     """(fastest, median) seconds of ``fn()`` after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
+    times = timings(fn, repeats=repeats, warmup=2)
     return times[0], times[len(times) // 2]
 
 

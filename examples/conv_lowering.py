@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import sys
-import time
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from sparsec.codegen.mlir.jit import numpy_descriptor, torch_descriptor
 from sparsec.codegen.mlir.pipeline import pipeline_text
+from sparsec.demo import timings
 from sparsec.formats import registry
 from sparsec.formats.base import aligned_copy
 from sparsec.runtime.sparse_conv import SparseConv2d
@@ -31,14 +31,7 @@ from sparsec.runtime.sparse_conv import SparseConv2d
 def best_ms(fn, repeats: int = 25) -> float:
     """Fastest of ``repeats`` calls of ``fn()`` in ms (after two warm-ups): on a machine shared with other
     jobs the minimum is the estimate least disturbed by them."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
+    return timings(fn, repeats=repeats, warmup=2)[0] * 1e3
 
 
 def csf(w: np.ndarray) -> list[np.ndarray]:

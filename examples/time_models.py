@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from sparsec.demo import timings
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tests.models import zoo  # noqa: E402
@@ -55,14 +57,7 @@ def models() -> dict:
 
 def timed(fn, repeats: int) -> tuple[float, float]:
     """(median, best) seconds of ``fn()`` after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
+    times = timings(fn, repeats=repeats, warmup=2)
     return times[len(times) // 2], times[0]
 
 

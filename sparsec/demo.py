@@ -21,8 +21,8 @@ def prune_linears(model: torch.nn.Module, sparsity: float) -> torch.nn.Module:
     return pruner.finalize()
 
 
-def median_seconds(fn, *args, repeats: int = 30, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*args)``."""
+def timings(fn, *args, repeats: int = 30, warmup: int = 3) -> list[float]:
+    """Sorted wall times (s) of ``repeats`` calls of ``fn(*args)`` after ``warmup`` calls."""
     for _ in range(warmup):
         fn(*args)
     times = []
@@ -30,7 +30,12 @@ def median_seconds(fn, *args, repeats: int = 30, warmup: int = 3) -> float:
         t = time.perf_counter()
         fn(*args)
         times.append(time.perf_counter() - t)
-    times.sort()
+    return sorted(times)
+
+
+def median_seconds(fn, *args, repeats: int = 30, warmup: int = 3) -> float:
+    """Median wall time of ``fn(*args)``."""
+    times = timings(fn, *args, repeats=repeats, warmup=warmup)
     return times[len(times) // 2]
 
 

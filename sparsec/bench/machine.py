@@ -11,16 +11,7 @@ from pathlib import Path
 
 import torch
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from sparsec.runtime.calibrate import cpu_name
 
 
 def _cpu_flags() -> str:
@@ -83,7 +74,7 @@ def machine_info(threads: int) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     mem = _mem_gib()
     return {
-        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "cores": cores, "logical_cpus": os.cpu_count(),
+        "cpu": cpu_name(), "cpu_flags": _cpu_flags(), "cores": cores, "logical_cpus": os.cpu_count(),
         "memory_gib": round(mem, 1) if mem else None, "os": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__, "torch_mlir": _version("torch-mlir"),
         "numpy": _version("numpy"), "scipy": _version("scipy"), "sparsec": sparsec.__version__,

@@ -24,7 +24,8 @@ log = logging.getLogger("sparsec")
 _MEMO: dict[str, Machine] = {}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -39,7 +40,7 @@ def machine_key(threads: int) -> str:
     """Everything a calibration depends on: CPU, core count, threads, package versions."""
     import sparsec
 
-    parts = [_cpu_name(), str(os.cpu_count()), str(threads), torch.__version__, sparsec.__version__]
+    parts = [cpu_name(), str(os.cpu_count()), str(threads), torch.__version__, sparsec.__version__]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 

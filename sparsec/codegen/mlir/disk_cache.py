@@ -36,7 +36,7 @@ def _code_version() -> str:
     """Hash of the code generator's own source: a change to it invalidates every entry."""
     from importlib.metadata import version
 
-    from sparsec.runtime.calibrate import _cpu_name
+    from sparsec.runtime.calibrate import cpu_name
 
     h = hashlib.sha256()
     here = Path(__file__).parent
@@ -47,7 +47,7 @@ def _code_version() -> str:
         h.update(version("torch-mlir").encode())
     except Exception:  # metadata missing (source install): the code hash still separates versions
         h.update(b"torch-mlir-unknown")
-    h.update(_cpu_name().encode())
+    h.update(cpu_name().encode())
     return h.hexdigest()
 
 
