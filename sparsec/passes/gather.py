@@ -18,6 +18,7 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 from sparsec.compiler.context import CompileContext
 from sparsec.formats.facts import compute_facts
 from sparsec.passes.analyze import SparseLayer
+from sparsec.passes.lower import module_name
 from sparsec.passes.matmul_like import MatmulMatch, get_constant
 from sparsec.runtime.sparse_gather import SparseMaskedSum, SparseSDDMM
 
@@ -109,7 +110,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             n = 1  # rows of the batch: multiply-adds per stored entry
             for d in _val(inputs[0]).shape[:-2]:
                 n *= int(optimization_hint(d, fallback=1))
-        mod_name = _module_name(gm, f"{kind}_{name}")
+        mod_name = module_name(gm, f"{kind}_{name}")
         gm.add_submodule(mod_name, module)
         with graph.inserting_before(tail):
             call = graph.call_module(mod_name, inputs)
@@ -132,11 +133,3 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     ctx.stages["gather"] = "\n".join(lines)
     return gm
 
-
-def _module_name(gm: GraphModule, base: str) -> str:
-    base = "sparsec_" + "".join(c if c.isalnum() else "_" for c in base)
-    name, k = base, 1
-    while hasattr(gm, name):
-        k += 1
-        name = f"{base}_{k}"
-    return name

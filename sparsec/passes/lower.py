@@ -18,7 +18,8 @@ from sparsec.runtime.threads import default_threads
 from sparsec.runtime.triton_linear import TritonLinear
 
 
-def _module_name(gm: GraphModule, layer_name: str) -> str:
+def module_name(gm: GraphModule, layer_name: str) -> str:
+    """A free attribute name ``sparsec_<layer>`` for a runtime submodule of ``gm``."""
     base = "sparsec_" + "".join(c if c.isalnum() else "_" for c in layer_name)
     name, k = base, 1
     while hasattr(gm, name):
@@ -45,7 +46,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         else:  # gpu, or the Triton interpreter on the CPU (select keeps non-Linear kinds dense there)
             module = TritonLinear(layer.name, fmt, weight, bias, layer.activation, layer.residual is not None,
                                   interpret=ctx.target == "interpret")
-        mod_name = _module_name(gm, layer.name)
+        mod_name = module_name(gm, layer.name)
         gm.add_submodule(mod_name, module)
         tail = layer.fused_nodes[-1] if layer.fused_nodes else node
         args = (m.x,) if layer.residual is None else (m.x, layer.residual)
