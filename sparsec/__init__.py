@@ -2,6 +2,7 @@
 
     cm = sparsec.sparse_compile(model, (x,), target="cpu")
     y = cm(x); print(cm.report()); print(cm.ir("mlir"))
+    cm.save("model.sparsec"); cm = sparsec.load("model.sparsec")
     sparsec.register_format(MyFormat)
 """
 
@@ -20,12 +21,13 @@ from sparsec.errors import (
 )
 from sparsec.formats.base import PackedWeight, SparseFormat
 from sparsec.formats.registry import formats, get_format, register_format, unregister_format
+from sparsec.runtime.artifact import load
 from sparsec.runtime.compiled_model import CompiledModel
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "sparse_compile", "CompileOptions", "CompiledModel", "STAGES",
+    "sparse_compile", "load", "CompileOptions", "CompiledModel", "STAGES",
     "SparseFormat", "PackedWeight", "register_format", "unregister_format", "formats", "get_format",
     "SparsecError", "CaptureError", "InputError", "KernelCompileError", "FormatError", "UnsupportedError",
 ]

@@ -21,4 +21,6 @@ class CompileContext:
     layers: list = field(default_factory=list)  # report rows, filled by select and lower
     unsupported: list[str] = field(default_factory=list)  # ops left to torch, for the report
     machine: Machine = DEFAULT_MACHINE  # the cost model's rates (calibrated on this machine)
+    #: layer name -> format from a saved artifact; select keeps these instead of choosing
+    pinned_formats: dict[str, str] = field(default_factory=dict)
     example_inputs: tuple = ()  # the flattened example inputs (passes that run the graph once read them)

@@ -42,9 +42,19 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             layer.format, layer.reason = _DENSE, f"small weight ({facts.numel} < {ctx.options.min_weight_numel} entries)"
         else:
             _choose(layer, ctx, machine)
+        _pin(layer, ctx)
         lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
     ctx.stages["select"] = "\n".join(lines)
     return gm
+
+
+def _pin(layer, ctx: CompileContext) -> None:
+    """Keep the format a saved artifact recorded for this layer, when it still accepts the weight."""
+    want = ctx.pinned_formats.get(layer.name)
+    if want is None or want == layer.format:
+        return
+    if want in layer.costs:
+        layer.format, layer.reason = want, f"{want}: the saved artifact's choice"
 
 
 def _choose(layer, ctx: CompileContext, machine) -> None:

@@ -83,7 +83,8 @@ class CompiledModel(torch.nn.Module):
     """A model compiled by ``sparse_compile``; call it like the original."""
 
     def __init__(
-        self, model: torch.nn.Module, args: tuple, kwargs: dict | None, options: CompileOptions, target: str = "cpu"
+        self, model: torch.nn.Module, args: tuple, kwargs: dict | None, options: CompileOptions, target: str = "cpu",
+        seed=None,
     ) -> None:
         super().__init__()
         self.target = target
@@ -95,6 +96,7 @@ class CompiledModel(torch.nn.Module):
         )
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
+        self._seed = seed  # a loaded artifact's program and formats (sparsec/runtime/artifact.py), used once
         self._compile(args, kwargs or {})
 
     # --- compiling ----------------------------------------------------------------------------------
@@ -104,11 +106,14 @@ class CompiledModel(torch.nn.Module):
         # its ranges (see _new_variant for the exception).
         if dynamic is None:
             dynamic = self.options.dynamic and not self._variants
-        cap = capture(model, args, kwargs, dynamic=dynamic)
+        seed, self._seed = self._seed, None
+        cap = seed.captured if seed is not None else capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target=self.target)
+        if seed is not None:
+            ctx.pinned_formats = seed.formats
         ctx.example_inputs = tuple(pytree.tree_leaves((args, kwargs)))
         threads = self.options.threads or default_threads()
-        if self.target == "cpu" and self.options.calibrate:
+        if self.target == "cpu" and self.options.calibrate and seed is None:  # saved formats need no rates
             ctx.machine = calibrate.machine(threads)
         elif self.target == "cpu":
             ctx.machine = dataclasses.replace(DEFAULT_MACHINE, threads=threads)
@@ -253,6 +258,38 @@ class CompiledModel(torch.nn.Module):
         except CaptureError as exc:
             shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
             raise InputError(f"the model cannot run on input shapes {shapes}: {exc}") from exc
+
+    # --- saving (sparsec/runtime/artifact.py) -------------------------------------------------------
+    def save(self, path) -> None:
+        """Write this model as an artifact directory; ``sparsec.load(path)`` reads it back."""
+        from sparsec.runtime import artifact
+
+        with self._lock:
+            artifact.save(self, path)
+
+    def __reduce__(self):
+        # pickle / torch.save store the artifact's files; unpickling gives a frozen model
+        from sparsec.runtime import artifact
+
+        with self._lock:
+            return artifact.from_bytes, (artifact.to_bytes(self),)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        from sparsec.runtime import artifact
+
+        with self._lock:
+            model = copy.deepcopy(self._model[0], memo)
+            return artifact.from_bytes(artifact.to_bytes(self), model=model)
+
+    def state_dict(self, *args, **kwargs):
+        """The weights the model computes from: the source model's state dict (dense, unpacked)."""
+        return self._model[0].state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load into the source model; the next call recompiles for the new weights (the weight watch)."""
+        return self._model[0].load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- inspecting ---------------------------------------------------------------------------------
     def report(self) -> Report:

@@ -1,0 +1,124 @@
+"""Saved compiled models: save/load, pickle, torch.save, deepcopy, state_dict, kernels that do not fit."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import pickle
+
+import pytest
+import torch
+
+import sparsec
+from sparsec.codegen.mlir import jit
+from sparsec.errors import InputError, UnsupportedError
+from tests.models import zoo
+
+
+def _out(y):
+    return y.last_hidden_state if hasattr(y, "last_hidden_state") else y
+
+
+@pytest.fixture(scope="module")
+def bert():
+    model, inputs = zoo.bert(hidden=64, layers=1, heads=2, inter=256, seq=16)
+    return model, inputs, sparsec.sparse_compile(model, inputs, target="cpu", min_weight_numel=1024, force_format="csr")
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "cnn"])
+def test_loaded_equals_original(name, tmp_path, bert):
+    if name == "bert":
+        model, inputs, cm = bert
+    else:
+        model, inputs = zoo.gpt2(embd=64, layers=1, heads=2, seq=16) if name == "gpt2" else zoo.cnn(width=16)
+        cm = sparsec.sparse_compile(model, inputs, target="cpu", min_weight_numel=1024, force_format="csr")
+    cm.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["kernels"], "a sparse model saves its kernels' object code"
+    loaded = sparsec.load(tmp_path / "m")
+    assert [x.format for x in loaded.report().layers] == [x.format for x in cm.report().layers]
+    assert any(x.format != "dense" for x in loaded.report().layers)
+    with torch.no_grad():
+        torch.testing.assert_close(_out(loaded(*inputs)), _out(cm(*inputs)), rtol=0, atol=0)
+        torch.testing.assert_close(_out(loaded(*inputs)), _out(model(*inputs)), rtol=1e-4, atol=1e-4)
+
+
+def test_pickle_torch_save_deepcopy(bert):
+    model, inputs, cm = bert
+    ref = _out(cm(*inputs))
+    buf = io.BytesIO()
+    torch.save(cm, buf)
+    buf.seek(0)
+    copies = [pickle.loads(pickle.dumps(cm)), torch.load(buf, weights_only=False), copy.deepcopy(cm)]
+    for c in copies:
+        assert isinstance(c, sparsec.CompiledModel)
+        torch.testing.assert_close(_out(c(*inputs)), ref, rtol=0, atol=0)
+    deep = copies[2]
+    assert deep._model[0] is not model  # bound to its own copy of the source model
+    with torch.no_grad():
+        next(deep._model[0].encoder.parameters()).mul_(0.0)
+    torch.testing.assert_close(_out(cm(*inputs)), ref, rtol=0, atol=0)  # the original is untouched
+
+
+def test_state_dict_holds_the_source_weights(bert):
+    model, inputs, cm = bert
+    sd = cm.state_dict()
+    assert set(sd) == set(model.state_dict()) and sd
+    other, _ = zoo.bert(hidden=64, layers=1, heads=2, inter=256, seq=16, seed=3)
+    fresh = sparsec.sparse_compile(copy.deepcopy(model), inputs, target="cpu", min_weight_numel=1024, force_format="csr")
+    fresh.load_state_dict(other.state_dict())
+    torch.testing.assert_close(_out(fresh(*inputs)), _out(other(*inputs)), rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_and_bound(tmp_path, bert):
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    frozen = sparsec.load(tmp_path / "m")
+    assert set(frozen.state_dict()) == set(model.state_dict())
+    with pytest.raises(UnsupportedError, match="model="):
+        frozen.load_state_dict(model.state_dict())
+    ids, mask = zoo.bert_inputs(3, 12)  # another shape still compiles from the saved program
+    torch.testing.assert_close(_out(frozen(ids, mask)), _out(model(ids, mask)), rtol=1e-4, atol=1e-4)
+    own = copy.deepcopy(model)
+    bound = sparsec.load(tmp_path / "m", model=own)
+    with torch.no_grad():
+        own.encoder.layer[0].output.dense.weight.mul_(0.5)
+    torch.testing.assert_close(_out(bound(*inputs)), _out(own(*inputs)), rtol=1e-4, atol=1e-4)
+    with pytest.warns(UserWarning, match="differ from the saved"):
+        again = sparsec.load(tmp_path / "m", model=own)
+    torch.testing.assert_close(_out(again(*inputs)), _out(own(*inputs)), rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_that_do_not_fit_are_recompiled(tmp_path, monkeypatch, bert):
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    path = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["environment"]["cpu"] = "some other CPU"
+    path.write_text(json.dumps(manifest))
+    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path / "cache"))
+    jit.clear_cache()
+    before = jit.STATS["compiled"]
+    with pytest.warns(UserWarning, match="do not fit this machine"):
+        loaded = sparsec.load(tmp_path / "m")
+    assert jit.STATS["compiled"] > before
+    torch.testing.assert_close(_out(loaded(*inputs)), _out(cm(*inputs)), rtol=1e-5, atol=1e-5)
+
+
+def test_corrupted_kernel_and_bad_paths(tmp_path, monkeypatch, bert):
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    lib = next((tmp_path / "m" / "kernels").glob("*.so"))
+    lib.write_bytes(b"garbage")
+    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path / "cache"))
+    jit.clear_cache()
+    with pytest.warns(UserWarning, match="corrupted"):
+        loaded = sparsec.load(tmp_path / "m")
+    torch.testing.assert_close(_out(loaded(*inputs)), _out(cm(*inputs)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="not a sparsec artifact"):
+        sparsec.load(tmp_path / "nothing")
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="refusing"):
+        cm.save(tmp_path / "user")
