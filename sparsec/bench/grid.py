@@ -7,10 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from sparsec.bench.methods import RTOL, WeightSuite, rel_error
 from sparsec.bench.timing import time_interleaved
 from sparsec.bench.weights import make_weight
+from sparsec.runtime.progress import progress
 
 #: the issue's grid
 FULL_SHAPES = ((768, 768), (3072, 768), (768, 3072), (4096, 4096))
@@ -97,7 +99,9 @@ def run_grid(cfg: GridConfig, threads: int, log: Callable[[str], None] = print) 
     rows = []
     cases = grid_cases(cfg)
     start = time.perf_counter()
-    for i, ((out_f, in_f), pattern, sparsity) in enumerate(cases):
+    if log is print:  # print through the bar so lines and bar do not interleave on a terminal
+        log = tqdm.write
+    for i, ((out_f, in_f), pattern, sparsity) in enumerate(progress(cases, "sparsec bench")):
         w = make_weight(out_f, in_f, sparsity, pattern, seed=cfg.seed + i)
         suite = WeightSuite(w, pattern, threads)
         for n in cfg.ns:

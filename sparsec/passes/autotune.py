@@ -8,7 +8,6 @@ and package versions; the report then shows predicted and measured times side by
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 
 import torch
@@ -19,6 +18,7 @@ from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
 from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_json
 from sparsec.runtime.calibrate import machine_key
+from sparsec.runtime.progress import progress
 from sparsec.runtime.sparse_linear import SparseLinear
 from sparsec.runtime.threads import default_threads
 
@@ -68,9 +68,10 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     groups: dict[str, list] = {}
     for layer in layers:
         groups.setdefault(_group_key(layer, threads), []).append(layer)
-    for i, (key, members) in enumerate(groups.items(), 1):
+    bar = progress(groups.items(), "sparsec autotune", total=len(groups))
+    for key, members in bar:
         first = members[0]
-        _progress(i, len(groups), first.name)
+        bar.set_postfix_str(first.name[-40:])
         path = cache_dir() / f"autotune-{key}.json" if cache_enabled() else None
         measured = read_json(path) if path else None
         if not measured or not all(isinstance(v, float) for v in measured.values()):
@@ -88,13 +89,5 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
                     f"autotuned: {best} measured {measured[best] * 1e6:.0f} us vs dense "
                     f"{measured['dense'] * 1e6:.0f} us at N={layer.n}"
                 )
-    if groups:
-        sys.stderr.write("\n")
+    bar.close()
     return gm
-
-
-def _progress(i: int, total: int, name: str) -> None:
-    width = 30
-    done = int(width * i / total)
-    sys.stderr.write(f"\rsparsec autotune [{'#' * done}{'.' * (width - done)}] {i}/{total} {name[:40]:<40}")
-    sys.stderr.flush()

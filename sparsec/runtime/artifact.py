@@ -25,6 +25,7 @@ frozen model); ``copy.deepcopy(cm)`` binds the copy to a deep copy of the source
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import shutil
@@ -146,12 +147,29 @@ def save(cm, path: str | Path) -> Path:
         libs[so.name] = hashlib.sha256(so.read_bytes()).hexdigest()
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cm.options).items()}
     manifest = {
+        "pytree_modules": _pytree_modules(cm._in_spec, primary.out_spec),
         "format_version": FORMAT_VERSION, "environment": environment(), "target": cm.target,
         "options": options, "dynamic": primary.captured.dynamic,
         "formats": {layer.name: layer.format for layer in layers_of(primary.module)}, "kernels": libs,
     }
     (path / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return path
+
+
+def _pytree_modules(*specs) -> list[str]:
+    """Modules defining the inputs' and outputs' container types (e.g. transformers' ModelOutput classes).
+
+    Their pytree registration happens on import; a new process must import them before torch.export.load
+    can rebuild the program's output structure.
+    """
+    mods, stack = set(), [s for s in specs if s is not None]
+    while stack:
+        spec = stack.pop()
+        mod = getattr(spec.type, "__module__", None)
+        if mod and mod not in ("builtins", "collections") and not mod.startswith("torch"):
+            mods.add(mod)
+        stack.extend(spec.children())
+    return sorted(mods)
 
 
 def _install_kernels(path: Path, manifest: dict) -> None:
@@ -200,6 +218,12 @@ def load(path: str | Path, model: torch.nn.Module | None = None):
         warnings.warn(f"sparsec: {path} was saved with torch {env.get('torch')}, this is {torch.__version__}",
                       stacklevel=2)
     _install_kernels(path, manifest)
+    for mod in manifest.get("pytree_modules", []):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise UnsupportedError(f"{path}: the model's inputs/outputs use types from {mod}, which cannot be "
+                                   f"imported here ({exc})") from exc
     known = {f.name for f in fields(CompileOptions)}
     opts = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["options"].items() if k in known}
     options = CompileOptions(**opts)

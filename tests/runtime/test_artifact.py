@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +126,19 @@ def test_corrupted_kernel_and_bad_paths(tmp_path, monkeypatch, bert):
     (tmp_path / "user" / "keep.txt").write_text("x")
     with pytest.raises(InputError, match="refusing"):
         cm.save(tmp_path / "user")
+
+
+def test_load_in_a_new_process(tmp_path, bert):
+    """A fresh interpreter has not imported transformers: the manifest names the output types' module."""
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    torch.save({"inputs": inputs, "ref": _out(cm(*inputs))}, tmp_path / "io.pt")
+    code = (
+        "import torch, sparsec, sys; d = torch.load(sys.argv[1] + '/io.pt'); cm = sparsec.load(sys.argv[1] + '/m');"
+        "torch.testing.assert_close(cm(*d['inputs']).last_hidden_state, d['ref'], rtol=0, atol=0); print('ok')"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
