@@ -34,13 +34,17 @@ class CompileOptions:
     min_speedup: float = 1.1
     #: use cost-model rates measured on this machine (a ~2 s run, cached on disk); False: built-in rates
     calibrate: bool = True
-    #: time the candidate formats of every distinct layer on the real weights and keep the fastest
-    autotune: bool = False
+    #: time candidate formats on the real weights: True every distinct layer; "auto" only the layers whose
+    #: prediction select marked as implausible (a sparse format for a weight of density >= 0.5) or close
+    #: to dense; False none (then an implausible sparse choice falls back to dense)
+    autotune: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
         if self.min_speedup <= 0:
             raise ValueError(f"min_speedup must be > 0, got {self.min_speedup}")
+        if self.autotune not in (True, False, "auto"):
+            raise ValueError(f"autotune must be True, False or 'auto', got {self.autotune!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")

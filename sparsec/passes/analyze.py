@@ -30,6 +30,7 @@ class SparseLayer:
     costs: dict[str, float] = field(default_factory=dict)  # label -> predicted seconds
     rejected: dict[str, str] = field(default_factory=dict)  # label -> why not
     measured: dict[str, float] = field(default_factory=dict)  # label -> seconds, when autotuned
+    verify: str = ""  # set by select: why this layer's choice needs a measurement before it is trusted
     activation: str | None = None  # set by fuse
     residual_index: int | None = None  # set by fuse: which operand of the last fused add is the residual
     fused_nodes: list = field(default_factory=list)  # nodes the kernel absorbs after the matmul

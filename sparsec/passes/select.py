@@ -2,6 +2,11 @@
 
 The cheapest wins; dense whenever no sparse format is predicted faster. Each layer keeps the cost of
 every candidate and the reason each one lost, so the report can say why the winner won.
+
+A prediction is only as good as the calibration behind it, so two kinds of choice are marked for a
+measurement of the real layer (``layer.verify``, acted on by the autotune pass): a sparse format for a
+weight with density >= DENSE_GUARD (dense, 2:4: implausible wins that a poisoned calibration produced),
+and any layer whose best sparse prediction lies within CLOSE_BAND of dense either way.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from sparsec.formats import registry
 from sparsec.runtime.triton_linear import gpu_family
 
 _DENSE = "dense"
+#: a sparse format for a weight at least this dense is chosen only after a measurement shows it faster
+DENSE_GUARD = 0.5
+#: predictions of the best sparse format within this factor of dense (either way) are measured
+CLOSE_BAND = 1.5
 
 
 def _candidates(ctx: CompileContext):
@@ -43,6 +52,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         else:
             _choose(layer, ctx, machine)
         _pin(layer, ctx)
+        layer.verify = _needs_measurement(layer, ctx)
         lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
     ctx.stages["select"] = "\n".join(lines)
     return gm
@@ -105,3 +115,18 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
             f"{best} predicted {layer.costs[best] * 1e6:.0f} us vs dense {dense_cost * 1e6:.0f} us at N={n} "
             f"({dense_cost / layer.costs[best]:.1f}x)"
         )
+
+
+def _needs_measurement(layer, ctx: CompileContext) -> str:
+    """Why this layer's predicted choice must be confirmed by timing the real layer ("" when it need not)."""
+    if ctx.options.force_format is not None or layer.name in ctx.pinned_formats or not layer.costs:
+        return ""
+    if layer.format != _DENSE and layer.facts.density >= DENSE_GUARD:
+        return f"{layer.format} predicted faster for a weight of density {layer.facts.density:.2f} >= {DENSE_GUARD}"
+    sparse = {k: v for k, v in layer.costs.items() if k != _DENSE}
+    if not sparse or _DENSE not in layer.costs:
+        return ""
+    ratio = layer.costs[_DENSE] / min(sparse.values())
+    if 1 / CLOSE_BAND <= ratio <= CLOSE_BAND:
+        return f"best sparse prediction {ratio:.2f}x of dense, within the {CLOSE_BAND}x band"
+    return ""

@@ -4,6 +4,15 @@ The selector's predictions are rooflines whose rates (FLOP/s of each kernel fami
 overhead) come from here. The first ``sparse_compile`` in a fresh environment measures them; later
 ones read ``<cache>/machine-<key>.json``. ``SPARSEC_CALIBRATE=0`` uses the built-in defaults (measured
 on the project's 2-core Zen 4 machine).
+
+A calibration taken while another process ran is poison: torch's multi-threaded GEMM slows 5-10x under
+load while the sparse kernels barely do, so a cached "dense is slow" made every later compile pick csr
+for fully dense weights. So the probes run interleaved, in several rounds, and a result is *disturbed*
+when a probe's rounds disagree, when the dense GEMM reaches far below the CPU's nominal peak, or when
+the load average says other processes ran. A disturbed result is retried, then replaced by the built-in
+rates (with a warning), and never written to disk. A cached result expires, and is re-checked on first
+use in a process by one cheap dense probe: a cache that measured dense much slower than it runs now was
+taken disturbed and is measured again.
 """
 
 from __future__ import annotations
@@ -22,6 +31,25 @@ from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_jso
 
 log = logging.getLogger("sparsec")
 _MEMO: dict[str, Machine] = {}
+#: per machine key: how the Machine in _MEMO was obtained ("measured", "cached", "disturbed: ...")
+STATUS: dict[str, str] = {}
+
+#: every probe runs once per round, the rounds interleave dense and sparse probes
+ROUNDS = 3
+#: a probe whose slowest round is more than this times its fastest was disturbed
+MAX_SPREAD = 1.5
+#: the dense GEMM probe must reach this fraction of the CPU's nominal FP32 peak (quiet Zen 4: ~0.9;
+#: with one other process busy: 0.2-0.25)
+MIN_PEAK_FRACTION = 0.35
+#: other runnable processes (1-minute load average minus this one) per core that count as disturbed
+MAX_FOREIGN_LOAD_PER_CORE = 0.5
+#: measurements after a disturbed one before falling back to the built-in rates
+RETRIES = 1
+#: a cached calibration older than this is measured again (seconds)
+MAX_AGE_S = 7 * 24 * 3600
+#: a cached dense rate this many times below what one cheap probe measures now was taken disturbed
+REVALIDATE_FASTER = 1.5
+CACHE_VERSION = 2
 
 
 def cpu_name() -> str:
@@ -36,6 +64,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def nominal_peak_flops(threads: int) -> float | None:
+    """A conservative FP32 peak of ``threads`` cores (clock x FLOP/cycle from the ISA flags), or None
+    where /proc/cpuinfo does not say. Low on purpose: an underestimate only makes the check laxer."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    mhz, flags = None, set()
+    for line in text.splitlines():
+        if line.startswith("cpu MHz") and mhz is None:
+            mhz = float(line.split(":", 1)[1])
+        elif line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    if not mhz or not flags:
+        return None
+    # one 512-bit FMA (Zen 4 runs it as 2x256) or two 256-bit FMAs per cycle: 32 FLOP; AVX2+FMA: at least 16
+    per_cycle = 32 if "avx512f" in flags else 16 if {"avx2", "fma"} <= flags else 8
+    return threads * mhz * 1e6 * per_cycle
+
+
 def machine_key(threads: int) -> str:
     """Everything a calibration depends on: CPU, core count, threads, package versions."""
     import sparsec
@@ -44,10 +93,8 @@ def machine_key(threads: int) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _low_time(fn, budget: float = 0.15, min_reps: int = 5) -> float:
-    """The lower quartile of repeated timings: a rate is what the machine reaches when nothing else
-    runs, and load from other processes only ever adds time (a busy shared machine measured torch's
-    2-thread GEMM at 17 GFLOP/s by the median, against ~190 quiet)."""
+def _low_time(fn, budget: float = 0.05, min_reps: int = 3) -> float:
+    """The lower quartile of repeated timings within ``budget`` seconds (load only ever adds time)."""
     fn()
     times, start = [], time.perf_counter()
     while len(times) < min_reps or time.perf_counter() - start < budget:
@@ -60,8 +107,20 @@ def _low_time(fn, budget: float = 0.15, min_reps: int = 5) -> float:
     return times[len(times) // 4]
 
 
-def measure(threads: int) -> Machine:
-    """Run the calibration kernels and return the measured rates."""
+def _foreign_load() -> float:
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0) / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
+
+
+def _dense_probe(g: torch.Generator):
+    w, x = torch.randn(1024, 1024, generator=g), torch.randn(256, 1024, generator=g)
+    return (lambda: torch.nn.functional.linear(x, w)), 2.0 * 256 * 1024 * 1024
+
+
+def _probes(threads: int) -> dict:
+    """name -> (callable, work): the rate is work / time (FLOP/s, B/s, or 1 for an overhead in s)."""
     from sparsec.formats import registry
     from sparsec.runtime.sparse_linear import SparseLinear
 
@@ -72,40 +131,92 @@ def measure(threads: int) -> Machine:
         keep = torch.rand(rows // block, cols // block, generator=g) < density
         return w * keep.repeat_interleave(block, 0).repeat_interleave(block, 1)
 
-    rates = {}
-    w, x = torch.randn(1024, 1024, generator=g), torch.randn(256, 1024, generator=g)
-    rates["dense_flops"] = 2 * 256 * 1024 * 1024 / _low_time(lambda: torch.nn.functional.linear(x, w))
-    w2, x1 = torch.randn(2048, 2048, generator=g), torch.randn(1, 2048, generator=g)
-    rates["dense_gemv_bw"] = 4 * 2048 * 2048 / _low_time(lambda: torch.nn.functional.linear(x1, w2))
-
-    def kernel_rate(fmt, w, n, threads_=1):
+    def kernel(fmt, w, n, threads_=1):
         layer = SparseLinear("calibrate", registry.get_format(fmt), w, None, None, False, threads=threads_)
         xin = torch.randn(n, w.shape[1], generator=g)
-        return 2 * n * layer.stored / _low_time(lambda: layer(xin)), layer, xin
+        return (lambda: layer(xin)), 2.0 * n * layer.stored
 
-    ws = weight(1024, 1024, 0.1)
-    rates["sparse_flops"], _, _ = kernel_rate("csr", ws, 64)
-    rates["sparse_dot_flops"], _, _ = kernel_rate("csr", weight(2048, 2048, 0.1), 1)
-    rates["block_flops"], _, _ = kernel_rate("bsr16x16", weight(1024, 1024, 0.1, 16), 64)
+    probes = {"dense_flops": _dense_probe(g)}
+    w2, x1 = torch.randn(2048, 2048, generator=g), torch.randn(1, 2048, generator=g)
+    probes["dense_gemv_bw"] = (lambda: torch.nn.functional.linear(x1, w2)), 4.0 * 2048 * 2048
+    probes["sparse_flops"] = kernel("csr", weight(1024, 1024, 0.1), 64)
+    probes["sparse_dot_flops"] = kernel("csr", weight(2048, 2048, 0.1), 1)
+    probes["block_flops"] = kernel("bsr16x16", weight(1024, 1024, 0.1, 16), 64)
     aligned = weight(1024, 1024, 0.1, 32)  # 32-aligned blocks: every block size stores the same values
     for b in (8, 16, 32):
-        rates[f"block_dot_flops_{b}"], _, _ = kernel_rate(f"bsr{b}x{b}", aligned, 1)
+        probes[f"block_dot_flops_{b}"] = kernel(f"bsr{b}x{b}", aligned, 1)
     nm = weight(512, 512, 1.0)
     groups = nm.reshape(512, -1, 4)
     keep = groups.abs().topk(2, dim=2).indices
     nm = (groups * torch.zeros_like(groups).scatter_(2, keep, 1.0)).reshape(512, 512)
-    rates["structured_flops"], _, _ = kernel_rate("nm2:4", nm, 64)
+    probes["structured_flops"] = kernel("nm2:4", nm, 64)
     if threads > 1:
         big = weight(2048, 1024, 0.1)
-        one, _, _ = kernel_rate("csr", big, 64, 1)
-        many, _, _ = kernel_rate("csr", big, 64, threads)
-        rates["thread_efficiency"] = min(1.0, max(0.0, (many / one - 1) / (threads - 1)))
+        probes["csr_one_thread"] = kernel("csr", big, 64, 1)
+        probes["csr_all_threads"] = kernel("csr", big, 64, threads)
     tiny = SparseLinear("calibrate", registry.get_format("csr"), weight(16, 16, 0.5), None, None, False)
-    xt = torch.randn(1, 16)
-    rates["call_overhead"] = _low_time(lambda: tiny(xt))
-    rates["torch_overhead"] = _low_time(lambda: torch.nn.functional.linear(xt, torch.ones(16, 16)))
+    xt, ones = torch.randn(1, 16), torch.ones(16, 16)
+    probes["call_overhead"] = (lambda: tiny(xt)), 1.0
+    probes["torch_overhead"] = (lambda: torch.nn.functional.linear(xt, ones)), 1.0
+    return probes
+
+
+#: probes long enough (~0.1-1 ms) that disagreeing rounds mean a disturbance rather than timer noise
+_CHECKED = ("dense_flops", "sparse_flops", "block_flops", "structured_flops")
+
+
+def measure(threads: int) -> tuple[Machine, list[str]]:
+    """Run the calibration probes interleaved in ROUNDS rounds; return the rates and the list of signs
+    that the run was disturbed (empty when it looks clean)."""
+    load_before = _foreign_load()
+    probes = _probes(threads)
+    times: dict[str, list[float]] = {k: [] for k in probes}
+    for _ in range(ROUNDS):
+        for name, (fn, _work) in probes.items():
+            times[name].append(_low_time(fn))
+    problems = []
+    for name in _CHECKED:
+        spread = max(times[name]) / min(times[name])
+        if spread > MAX_SPREAD:
+            problems.append(f"{name} rounds spread {spread:.2f}x (> {MAX_SPREAD})")
+    rates = {}
+    for name, (_fn, work) in probes.items():
+        best = min(times[name])
+        rates[name] = best if work == 1.0 else work / best
+    if threads > 1:
+        one, many = rates.pop("csr_one_thread"), rates.pop("csr_all_threads")
+        rates["thread_efficiency"] = min(1.0, max(0.0, (many / one - 1) / (threads - 1)))
     rates["bandwidth"] = rates["dense_gemv_bw"]
-    return dataclasses.replace(DEFAULT_MACHINE, threads=threads, **rates)
+    peak = nominal_peak_flops(threads)
+    if peak and rates["dense_flops"] < MIN_PEAK_FRACTION * peak:
+        problems.append(
+            f"dense GEMM {rates['dense_flops'] / 1e9:.0f} GFLOP/s is below {MIN_PEAK_FRACTION:.0%} of the "
+            f"CPU's nominal {peak / 1e9:.0f}"
+        )
+    load = max(load_before, _foreign_load())
+    if load > MAX_FOREIGN_LOAD_PER_CORE:
+        problems.append(f"other processes ran: load average {load:.2f} per core beyond this one")
+    return dataclasses.replace(DEFAULT_MACHINE, threads=threads, **rates), problems
+
+
+def _calibrate(threads: int) -> tuple[Machine, list[str]]:
+    """Measure, retrying a disturbed run RETRIES times."""
+    for attempt in range(RETRIES + 1):
+        t = time.perf_counter()
+        m, problems = measure(threads)
+        log.info("sparsec: calibration %d took %.1f s: %s", attempt + 1, time.perf_counter() - t, m)
+        if not problems:
+            return m, []
+    return m, problems
+
+
+def _still_valid(data: dict) -> bool:
+    """A cached calibration is used while it is young and its dense rate is not far below today's."""
+    if data.get("version") != CACHE_VERSION or time.time() - float(data.get("measured_at", 0)) > MAX_AGE_S:
+        return False
+    fn, work = _dense_probe(torch.Generator().manual_seed(0))
+    now = work / min(_low_time(fn, budget=0.01) for _ in range(2))
+    return now <= REVALIDATE_FASTER * data["machine"]["dense_flops"]
 
 
 def machine(threads: int) -> Machine:
@@ -118,13 +229,29 @@ def machine(threads: int) -> Machine:
     path = cache_dir() / f"machine-{key}.json" if cache_enabled() else None
     data = read_json(path) if path else None
     fields = {f.name for f in dataclasses.fields(Machine)}
-    if data and set(data) == fields:
-        m = Machine(**data)
+    cached = data.get("machine") if isinstance(data, dict) else None
+    if isinstance(cached, dict) and set(cached) == fields and _still_valid(data):
+        m, STATUS[key] = Machine(**cached), "cached"
     else:
-        t = time.perf_counter()
-        m = measure(threads)
-        log.info("sparsec: calibrated the cost model in %.1f s: %s", time.perf_counter() - t, m)
-        if path:
-            write_json(path, m.as_dict())
+        m, problems = _calibrate(threads)
+        if problems:
+            # the measured rates are unreliable: the built-in ones at least keep dense weights dense
+            log.warning(
+                "sparsec: calibration disturbed (%s); using the built-in rates, not caching it", "; ".join(problems)
+            )
+            m = dataclasses.replace(DEFAULT_MACHINE, threads=threads)
+            STATUS[key] = "disturbed: " + "; ".join(problems) + " (built-in rates used, nothing cached)"
+        else:
+            STATUS[key] = "measured"
+            if path:
+                write_json(path, {"version": CACHE_VERSION, "measured_at": time.time(), "machine": m.as_dict()})
     _MEMO[key] = m
     return m
+
+
+def describe(threads: int) -> str:
+    """One line: how this process got its calibration for ``threads`` (for the report and logs)."""
+    return STATUS.get(machine_key(threads), "built-in rates")
+
+
+__all__ = ["machine", "measure", "describe", "cpu_name", "machine_key", "nominal_peak_flops"]

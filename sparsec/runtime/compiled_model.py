@@ -115,6 +115,7 @@ class CompiledModel(torch.nn.Module):
         threads = self.options.threads or default_threads()
         if self.target == "cpu" and self.options.calibrate and seed is None:  # saved formats need no rates
             ctx.machine = calibrate.machine(threads)
+            ctx.stages["calibrate"] = calibrate.describe(threads)
         elif self.target == "cpu":
             ctx.machine = dataclasses.replace(DEFAULT_MACHINE, threads=threads)
         else:
