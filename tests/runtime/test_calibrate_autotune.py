@@ -26,7 +26,9 @@ def test_calibration_measures_caches_and_survives_corruption(tmp_path, monkeypat
         assert getattr(m, f.name) > 0 or f.name == "thread_efficiency"
     files = list(tmp_path.glob("machine-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["machine"]["sparse_flops"] == m.sparse_flops
-    # a second process (simulated: empty memo) reads the file instead of measuring
+    # a second process (simulated: empty memo) reads the file instead of measuring (the cheap re-check
+    # of the cache is tested in test_selection_guard; load from other tests must not trigger it here)
+    monkeypatch.setattr(calibrate, "REVALIDATE_FASTER", float("inf"))
     monkeypatch.setattr(calibrate, "_MEMO", {})
     monkeypatch.setattr(calibrate, "measure", lambda threads: (_ for _ in ()).throw(AssertionError("remeasured")))
     assert calibrate.machine(2) == m
