@@ -1,0 +1,121 @@
+"""Load time of a saved BERT-base (90% pruned encoder) in a new process, against compiling it there.
+
+Each round starts fresh processes on the same warm kernel cache: ``load`` times ``sparsec.load(path)`` and
+``compile`` times ``sparse_compile`` (both after imports and, for compile, building the model). Rounds
+interleave the two; medians are reported. Writes the ``artifact-load`` section of benchmarks/RESULTS.md.
+
+    python benchmarks/artifact_load.py            # 5 rounds, 12 layers (~5 min on a quiet 2-core machine)
+    python benchmarks/artifact_load.py --quick    # 1 round, 2 layers (< 60 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gemm_s() -> float:
+    a = torch.randn(1024, 1024)
+    torch.mm(a, a)
+    t = time.perf_counter()
+    torch.mm(a, a)
+    return time.perf_counter() - t
+
+
+def _child(mode: str, path: str, state: str, layers: int) -> None:
+    import logging
+
+    logging.getLogger("torch._export").setLevel(logging.ERROR)
+    import sparsec
+    from sparsec.bench.e2e import bert_model
+
+    if mode == "load":
+        t = time.perf_counter()
+        cm = sparsec.load(path)
+        took = time.perf_counter() - t
+        inputs = bert_model(1)[1]  # the same ids; building a 1-layer model is outside the timed region
+    else:
+        model, inputs = bert_model(layers)
+        model.load_state_dict(torch.load(state, weights_only=True))
+        t = time.perf_counter()
+        cm = sparsec.sparse_compile(model, inputs, target="cpu")
+        took = time.perf_counter() - t
+    t = time.perf_counter()
+    cm(*inputs)
+    print(json.dumps({"s": took, "first_call_s": time.perf_counter() - t}))
+
+
+def _run(mode: str, path: Path, state: Path, layers: int, cache: str, threads: int) -> dict:
+    env = dict(os.environ, SPARSEC_CACHE_DIR=cache, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(state), str(layers)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print and record the load-time table."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", nargs=4)
+    args = p.parse_args(argv)
+    if args.child:
+        _child(args.child[0], args.child[1], args.child[2], int(args.child[3]))
+        return 0
+    import sparsec
+    from sparsec.bench.e2e import bert_model
+    from sparsec.bench.sections import write_section
+    from tests.models.zoo import magnitude_prune
+
+    layers, rounds = (2, 1) if args.quick else (12, 5)
+    load0, gemm0 = os.getloadavg()[0], _gemm_s()
+    model, inputs = bert_model(layers)
+    magnitude_prune(model, 0.9, [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)])
+    results: dict[str, list] = {"load": [], "compile": []}
+    with tempfile.TemporaryDirectory(prefix="sparsec-artifact-bench-") as tmp:
+        cache, state, path = str(Path(tmp) / "cache"), Path(tmp) / "state.pt", Path(tmp) / "bert.sparsec"
+        torch.save(model.state_dict(), state)
+        os.environ["SPARSEC_CACHE_DIR"] = cache
+        cm = sparsec.sparse_compile(model, inputs, target="cpu")
+        cm.save(path)
+        size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+        for _ in range(rounds):
+            for mode in ("load", "compile"):
+                results[mode].append(_run(mode, path, state, layers, cache, args.threads))
+    load1, gemm1 = os.getloadavg()[0], _gemm_s()
+    med = {m: (statistics.median(r["s"] for r in v), statistics.median(r["first_call_s"] for r in v))
+           for m, v in results.items()}
+    md = "\n".join([
+        f"### Saved-model load time: BERT ({layers} layers, 90% pruned encoder), new process each"
+        f"{' (--quick)' if args.quick else ''}",
+        "",
+        f"Command: `python benchmarks/artifact_load.py{' --quick' if args.quick else ''}`; {rounds} interleaved "
+        f"round(s), medians; warm kernel cache; artifact {size_mb:.0f} MB; load average {load0:.1f} -> {load1:.1f}; "
+        f"1024^3 GEMM {gemm0 * 1e3:.1f} -> {gemm1 * 1e3:.1f} ms.",
+        "",
+        "| step | seconds | first call after it (s) |",
+        "|---|---|---|",
+        f"| `sparsec.load(path)` | {med['load'][0]:.2f} | {med['load'][1]:.3f} |",
+        f"| `sparse_compile(model, ...)` (warm caches) | {med['compile'][0]:.2f} | {med['compile'][1]:.3f} |",
+    ])
+    print(md)
+    write_section(ROOT / "benchmarks" / "RESULTS.md", "artifact-load", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
