@@ -40,6 +40,8 @@ class _BoundGraph(torch.nn.Module):
 
 def sparsec_backend(gm: torch.fx.GraphModule, example_inputs: list, **options):
     """Compile one Dynamo graph (CPU by default); returns a callable with the graph's signature."""
+    # torch.compile(..., options={...}) hands its options dict over as one keyword
+    options = {**(options.pop("options", None) or {}), **options}
     inputs = tuple(example_inputs)
     if any(not isinstance(x, torch.Tensor) for x in inputs):
         return gm.forward  # symbolic sizes passed as ints: leave such graphs to torch

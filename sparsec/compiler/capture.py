@@ -49,6 +49,7 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dyn
     kwargs = kwargs or {}
     was_training = model.training
     model.eval()
+    swapped = _swap_inference_tensors(model)
     try:
         if dynamic and not kwargs:  # keyword inputs are captured static: the runtime recompiles per shape
             try:
@@ -62,7 +63,24 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dyn
             raise CaptureError(_explain(exc)) from exc
         return Captured(ep, ep.module(), dynamic=False)
     finally:
+        for store, name, t in swapped:
+            store[name] = t
         model.train(was_training)
+
+
+def _swap_inference_tensors(model: torch.nn.Module) -> list:
+    """Replace every parameter / buffer made under ``torch.inference_mode()`` by a normal copy, for export
+    (which cannot trace inference tensors); returns (store, name, original) to put back afterwards. The
+    exported graph keeps the copies; the model itself is left as the user built it."""
+    swapped = []
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):
+            for name, t in list(store.items()):
+                if t is not None and t.is_inference():
+                    copy = t.detach().clone()  # outside inference_mode a clone is a normal tensor
+                    store[name] = torch.nn.Parameter(copy, t.requires_grad) if isinstance(t, torch.nn.Parameter) else copy
+                    swapped.append((store, name, t))
+    return swapped
 
 
 def _explain(exc: Exception) -> str:

@@ -20,6 +20,7 @@ class CompileContext:
     stages: dict[str, str] = field(default_factory=dict)
     layers: list = field(default_factory=list)  # report rows, filled by select and lower
     unsupported: list[str] = field(default_factory=list)  # ops left to torch, for the report
+    notes: list[str] = field(default_factory=list)  # constants seen but kept dense, and why (the report's notes)
     machine: Machine = DEFAULT_MACHINE  # the cost model's rates (calibrated on this machine)
     #: layer name -> format from a saved artifact; select keeps these instead of choosing
     pinned_formats: dict[str, str] = field(default_factory=dict)

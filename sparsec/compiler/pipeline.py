@@ -120,9 +120,9 @@ def gpu_stage_text(gm: GraphModule, stage: str, arch: int = 90) -> str:
     return "\n".join(parts)
 
 
-def build_report(gm: GraphModule) -> Report:
-    """The per-layer report of a lowered graph."""
-    rep = Report()
+def build_report(gm: GraphModule, notes: list[str] | None = None) -> Report:
+    """The per-layer report of a lowered graph, with the compile's notes (weights kept dense, and why)."""
+    rep = Report(notes=list(notes or []))
     for layer in layers_of(gm):
         out_f, in_f = layer.facts.shape
         n = layer.n

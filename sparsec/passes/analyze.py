@@ -13,7 +13,7 @@ from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
 from sparsec.formats.facts import WeightFacts, compute_facts
-from sparsec.passes.matmul_like import MatmulMatch, example_rows, match, weight_matrix
+from sparsec.passes.matmul_like import MatmulMatch, batched_weight, example_rows, match, weight_matrix
 
 
 @dataclass
@@ -56,6 +56,9 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     for node in gm.graph.nodes:
         m = match(gm, node)
         if m is None:
+            why = batched_weight(gm, node)
+            if why is not None and why not in ctx.notes:
+                ctx.notes.append(why)
             continue
         w = effective_weight(gm, m)
         if w.dim() != 2:

@@ -57,6 +57,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     if not ctx.options.fuse:
         return gm
     lines = []
+    claimed: set[Node] = set()  # nodes already in some layer's group: A(x) + B(x) must be fused once
     for node in gm.graph.nodes:
         layer = node.meta.get("sparsec")
         if layer is None or layer.format == "dense":
@@ -65,16 +66,17 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if len(tail.users) == 1:
             user = next(iter(tail.users))
             act = _activation(user)
-            if act is not None:
+            if act is not None and user not in claimed:
                 layer.activation = act
                 layer.fused_nodes.append(user)
                 tail = user
         if len(tail.users) == 1:
             user = next(iter(tail.users))
             idx = _residual(user, tail)
-            if idx is not None:
+            if idx is not None and user not in claimed:
                 layer.residual_index = idx
                 layer.fused_nodes.append(user)
+        claimed.update(layer.fused_nodes)
         names = [n.name for n in layer.fused_nodes]
         lines.append(f"{node.name}: {layer.name} + {names or 'nothing'}")
     ctx.stages["fuse"] = "\n".join(lines)

@@ -17,6 +17,7 @@ runtime module of the match's ``kind`` runs it on the one CPU kernel family (Y^T
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -60,10 +61,11 @@ def _weight_source(gm: GraphModule, node) -> tuple[str, bool, tuple[Node, ...]] 
     """(name, transposed, nodes) when ``node`` is a 2-d constant, possibly transposed once."""
     name = _const_name(gm, node)
     if name is not None:
-        return name, False, (node,)
+        # a batched (3-d) constant, e.g. per-head weights [heads, in, out], has no 2-d W (see batched_weight)
+        return (name, False, (node,)) if get_constant(gm, name).dim() == 2 else None
     if isinstance(node, Node) and node.op == "call_function" and node.target in _TRANSPOSES:
         inner = _const_name(gm, node.args[0])
-        if inner is None:
+        if inner is None or get_constant(gm, inner).dim() != 2:
             return None
         if node.target == aten.permute.default and list(node.args[1]) not in ([1, 0], [-1, -2], [1, -2]):
             return None
@@ -202,6 +204,49 @@ def _match_diag(gm: GraphModule, node: Node) -> MatmulMatch | None:
         if not s.is_floating_point() or float((s != 0).float().mean()) > DIAG_MAX_DENSITY:
             continue
         return MatmulMatch(node, 1 - idx, src[0], False, None, src[1], kind="diag")
+    return None
+
+
+#: ops that multiply by a weight operand; a rank >= 3 constant reaching one stays dense (batched_weight)
+_MATMULS = {aten.linear.default, aten.mm.default, aten.matmul.default, aten.bmm.default, aten.addmm.default,
+            aten.baddbmm.default, aten.einsum.default}
+#: ops that take a view / slice / copy of a constant on its way to a matmul (an expert's slice W[e])
+_VIEWS = _TRANSPOSES | _UNSQUEEZES | {aten.select.int, aten.index.Tensor, aten.slice.Tensor, aten.expand.default,
+                                      aten.unbind.int, aten.split.Tensor, aten.chunk.default, aten.contiguous.default,
+                                      aten.clone.default, aten._to_copy.default, aten.to.dtype}
+
+
+def _root_constant(gm: GraphModule, node, depth: int = 6) -> str | None:
+    """The constant a chain of views / slices of at most ``depth`` steps starts from, else None."""
+    for _ in range(depth):
+        name = _const_name(gm, node)
+        if name is not None:
+            return name
+        if not (isinstance(node, Node) and node.op == "call_function"):
+            return None
+        if node.target is not operator.getitem and node.target not in _VIEWS:
+            return None
+        node = node.args[0]
+    return None
+
+
+def batched_weight(gm: GraphModule, node: Node) -> str | None:
+    """Why ``node`` keeps a constant weight dense: a matmul-like op reading a rank >= 3 constant (per-head
+    weights ``x @ W[heads, in, out]``, or one expert's slice of fused MoE weights ``W[experts, out, in]``).
+    None when the node is no such op. No kernel takes a batch of sparse matrices yet."""
+    if node.op != "call_function" or node.target not in _MATMULS:
+        return None
+    args = node.args[0] if node.target == aten.einsum.default and len(node.args) > 1 else None
+    operands = list(node.args[1]) if args is not None else list(node.args)
+    for arg in operands:
+        name = _root_constant(gm, arg)
+        if name is None:
+            continue
+        t = get_constant(gm, name)
+        if isinstance(t, torch.Tensor) and t.dim() >= 3:
+            shape = "x".join(str(d) for d in t.shape)
+            return (f"{name} [{shape}] stays dense: a {t.dim()}-d weight (per-head or fused-expert weights) has "
+                    f"no sparse kernel yet; store one 2-d weight per head / expert (nn.Linear) to make it sparse")
     return None
 
 

@@ -48,6 +48,7 @@ class Report:
 
     layers: list[LayerReport] = field(default_factory=list)
     torch_ops: list[str] = field(default_factory=list)  # ops that run in plain torch
+    notes: list[str] = field(default_factory=list)  # weights the compiler saw but could not make sparse, and why
 
     @property
     def total_dense_flops(self) -> int:
@@ -83,6 +84,7 @@ class Report:
             )
         if self.torch_ops:
             lines.append("ops run by torch: " + ", ".join(sorted(set(self.torch_ops))))
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

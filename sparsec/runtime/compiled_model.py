@@ -7,7 +7,8 @@
   version counter). Any change — ``load_state_dict``, an optimizer step, in-place edits under no_grad,
   assigning a new Parameter — makes the next call recompile (re-analyze, re-select, re-pack), so a
   compiled model never returns results for stale weights. Writes through ``.data`` bypass the version
-  counter; call ``refresh()`` after those.
+  counter; call ``refresh()`` after those (and after in-place writes to tensors made under
+  ``torch.inference_mode()``, which have no version counter).
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ class _WeightWatch:
             for store in (mod._parameters, mod._buffers):
                 for name, t in store.items():
                     if t is not None:
-                        self.entries.append((store, name, t, t._version, t.data_ptr()))
+                        self.entries.append((store, name, t, _version(t), t.data_ptr()))
             for name, value in vars(mod).items():
                 if isinstance(value, torch.Tensor) and not name.startswith("_"):
-                    self.entries.append((mod.__dict__, name, value, value._version, value.data_ptr()))
+                    self.entries.append((mod.__dict__, name, value, _version(value), value.data_ptr()))
 
     def changed(self) -> bool:
         """True when a module, parameter, buffer or tensor attribute was replaced or written in place."""
@@ -74,9 +75,15 @@ class _WeightWatch:
             if store.get(name) is not child:
                 return True
         for store, name, t, version, ptr in self.entries:
-            if store.get(name) is not t or t._version != version or t.data_ptr() != ptr:
+            if store.get(name) is not t or _version(t) != version or t.data_ptr() != ptr:
                 return True
         return False
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The autograd version counter; None for inference tensors (made under torch.inference_mode), which
+    have none. Those can only be written in place inside inference_mode; call ``refresh()`` after that."""
+    return None if t.is_inference() else t._version
 
 
 class CompiledModel(torch.nn.Module):
@@ -136,7 +143,7 @@ class CompiledModel(torch.nn.Module):
         out_spec = gm._out_spec
         gm.graph._codegen = torch.fx.graph.CodeGen()
         gm.recompile()
-        variant = _Variant(cap, gm, ctx, build_report(gm), _input_specs(cap), out_spec)
+        variant = _Variant(cap, gm, ctx, build_report(gm, ctx.notes), _input_specs(cap), out_spec)
         self._variants.append(variant)
         self._weights = _WeightWatch(model)
         if len(self._variants) == 1:  # the example's variant is the one users inspect
@@ -319,16 +326,23 @@ class CompiledModel(torch.nn.Module):
 
 def _input_specs(cap: Captured) -> list:
     """For every flattened user input: (shape with None for dynamic dims, (min, max) per dim), else None."""
+    from torch.export.graph_signature import ConstantArgument, InputKind
     from torch.fx.experimental.symbolic_shapes import free_symbols, optimization_hint
 
     ep = cap.program
     ranges = {str(k): (v.lower, v.upper) for k, v in ep.range_constraints.items()}
-    user_inputs = set(ep.graph_signature.user_inputs)
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
     specs = []
-    for node in ep.graph.nodes:
-        if node.op != "placeholder" or node.name not in user_inputs:
+    for in_spec in ep.graph_signature.input_specs:
+        if in_spec.kind != InputKind.USER_INPUT:
             continue
-        val = node.meta.get("val")
+        # A Python int/float/bool/str input is baked into the graph by export: a call must pass the same
+        # value (another value compiles its own variant, see _fits). graph_signature.user_inputs lists such
+        # inputs by value, not name, so they are matched through the input specs.
+        if isinstance(in_spec.arg, ConstantArgument):
+            specs.append(("const", in_spec.arg.value))
+            continue
+        val = placeholders[in_spec.arg.name].meta.get("val")
         if not isinstance(val, torch.Tensor):
             specs.append(("const", val))
             continue
@@ -355,7 +369,8 @@ def _fits(spec, x) -> bool:
     if spec is None:
         return True
     if spec[0] == "const":
-        return not isinstance(x, torch.Tensor) and (spec[1] is None or x == spec[1])
+        # the type too: True == 1 == 1.0 in Python, but export specialized the graph on one of them
+        return not isinstance(x, torch.Tensor) and type(x) is type(spec[1]) and x == spec[1]
     if not isinstance(x, torch.Tensor) or x.dim() != len(spec[0]):
         return False
     for size, (lo, hi) in zip(x.shape, spec[1], strict=True):
