@@ -12,15 +12,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from sparsec.runtime import sparse_linear  # noqa: E402
+from sparsec import knobs  # noqa: E402
 
 ACT = {None: lambda t: t, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 
 
 @pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
+def poison_outputs():
     """Every kernel output buffer starts as NaN: an element a kernel fails to write fails the test."""
-    monkeypatch.setattr(sparse_linear, "POISON_OUTPUTS", True)
+    with knobs.scope(poison_outputs=True):
+        yield
 
 
 def random_weight(rows: int, cols: int, density: float, seed: int, pattern: str = "unstructured") -> torch.Tensor:

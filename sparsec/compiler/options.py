@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+
+from sparsec import knobs
 
 TARGETS = ("auto", "cpu", "gpu", "interpret")
 
@@ -26,14 +27,15 @@ class CompileOptions:
     #: fuse bias, activation and residual into the sparse kernel
     fuse: bool = True
     #: write every stage's text to this directory (also: env SPARSEC_DUMP_DIR)
-    dump_dir: str | None = field(default_factory=lambda: os.environ.get("SPARSEC_DUMP_DIR"))
+    dump_dir: str | None = field(default_factory=lambda: knobs.get("dump_dir"))
     #: at most this many shape-specialized variants per compiled model before an error
     max_variants: int = 16
     #: a sparse format must be predicted at least this much faster than dense to be chosen: predictions
     #: carry noise, and a layer made slower costs more than a small win gains
     min_speedup: float = 1.1
     #: use cost-model rates measured on this machine (a ~2 s run, cached on disk); False: built-in rates
-    calibrate: bool = True
+    #: (default: knob ``calibrate``, env SPARSEC_CALIBRATE)
+    calibrate: bool = field(default_factory=lambda: knobs.get("calibrate"))
     #: time candidate formats on the real weights: True every distinct layer; "auto" only the layers whose
     #: prediction select marked as implausible (a sparse format for a weight of density >= 0.5) or close
     #: to dense; False none (then an implausible sparse choice falls back to dense)

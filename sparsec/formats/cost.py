@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from sparsec import knobs
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -42,11 +44,10 @@ DEFAULT_MACHINE = Machine()
 #: below this much work a kernel call runs on one thread: a handoff to the runtime's pool costs 20-40 us,
 #: about what a kernel does with 2M multiply-adds at N >= 8 (99%-sparse 3072x768 at N=64 ran 9.8x dense
 #: with two threads, 15.9x with one). The runtime (SparseLinear) and the cost model share it.
-PARALLEL_MIN_WORK = 2_000_000
 
 
 def parallel_work(stored: int, n: int) -> int:
-    """Work of one call in the units of PARALLEL_MIN_WORK. Below N = 8 a stored value costs about as
+    """Work of one call in the units of knob ``parallel_min_work``. Below N = 8 a stored value costs about as
     much as 8 columns (the gather form is memory-bound: 4096^2 at 90%, N=1, ran 7.7x dense on two
     threads and 5.4x on one), so small N counts as 8."""
     return stored * max(n, 8)
@@ -67,7 +68,7 @@ def sparse_time(
     ``rate`` is the per-thread FLOP/s of the kernel family; rows are split across ``m.threads``.
     The transposes of the activation in and out of the kernel's layout count as memory traffic.
     """
-    threads = m.threads if parallel_work(stored, n) > PARALLEL_MIN_WORK else 1  # small calls skip the handoff
+    threads = m.threads if parallel_work(stored, n) > knobs.get("parallel_min_work") else 1  # small calls skip the handoff
     speedup = 1 + (threads - 1) * m.thread_efficiency
     flops = 2.0 * n * stored
     moved = 4.0 * stored + index_bytes + 8.0 * n * (out_f + in_f)

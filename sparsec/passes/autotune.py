@@ -21,6 +21,7 @@ import time
 import torch
 from torch.fx import GraphModule
 
+from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
@@ -31,8 +32,6 @@ from sparsec.runtime.progress import progress
 from sparsec.runtime.sparse_linear import SparseLinear
 from sparsec.runtime.threads import default_threads
 
-#: candidates timed per layer group, in predicted order (dense is always timed too)
-TOP_K = 3
 #: interleaved rounds per candidate (each round: one wall-time and one 1-thread CPU-time sample set)
 ROUNDS = 3
 
@@ -138,7 +137,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         measured = read_json(path) if path else None
         if not _valid(measured):
             ranked = sorted(first.costs, key=first.costs.get)
-            labels = list(dict.fromkeys(["dense", *ranked[:TOP_K]]))
+            labels = list(dict.fromkeys(["dense", *ranked[:knobs.get("autotune_top_k")]]))
             measured = _measure(gm, first, labels, threads)
             if path:
                 write_json(path, measured)

@@ -5,7 +5,7 @@ convolution stays ``aten.conv2d``, which oneDNN runs as a direct convolution at 
 FLOP rate: 1.4x-2.3x (median 2.1x) over six 3x3 layers on the project machine (docs/models.md). Without
 this, 80-90%-sparse convolutions went to im2col + SpMM that measured 1.2x-2.5x slower than torch.
 
-The sparse candidates are priced CONV_SPARSE_SLOWDOWN times their GEMM prediction: on the CNN of
+The sparse candidates are priced knob ``conv_sparse_slowdown`` times their GEMM prediction: on the CNN of
 tests/models (90% convs) the CSR kernels reached about half the per-thread rate calibrated on Linear
 shapes (im2col's patch gather is 10-25% of it; short rows of 9*C_in the rest), and with the GEMM
 price they were chosen and ran 0.9-1.0x eager. Forced formats stay forced.
@@ -15,17 +15,16 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
+from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 
 #: torch conv2d FLOP rate over torch GEMM FLOP rate, measured (see the module docstring)
-DENSE_CONV_SPEEDUP = 2.0
 #: im2col + sparse kernel time over the GEMM-shaped prediction, measured (see the module docstring)
-CONV_SPARSE_SLOWDOWN = 2.0
 _DENSE = "dense"
 
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
-    """Divide every conv2d layer's dense cost by DENSE_CONV_SPEEDUP and pick the cheapest candidate again."""
+    """Divide every conv2d layer's dense cost by knob ``dense_conv_speedup`` and pick the cheapest candidate again."""
     lines = []
     for node in gm.graph.nodes:
         layer = node.meta.get("sparsec")
@@ -33,9 +32,9 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             continue
         for label in layer.costs:
             if label == _DENSE:
-                layer.costs[label] /= DENSE_CONV_SPEEDUP
+                layer.costs[label] /= knobs.get("dense_conv_speedup")
             else:
-                layer.costs[label] *= CONV_SPARSE_SLOWDOWN
+                layer.costs[label] *= knobs.get("conv_sparse_slowdown")
         if ctx.options.force_format is not None:
             continue
         dense = layer.costs[_DENSE]

@@ -15,6 +15,7 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
+from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats.facts import compute_facts
 from sparsec.passes.analyze import SparseLayer
@@ -24,8 +25,6 @@ from sparsec.runtime.sparse_gather import SparseMaskedSum, SparseSDDMM
 
 aten = torch.ops.aten
 #: S denser than this stays dense torch (measured break-even: docs/models.md)
-SDDMM_MAX_DENSITY = 0.03
-MASKED_SUM_MAX_DENSITY = 0.05
 _MATMULS = {aten.mm.default, aten.matmul.default, aten.bmm.default}
 
 
@@ -97,7 +96,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         name = str(s_node.target)
         s = get_constant(gm, name).detach()
         facts = compute_facts(s)
-        limit = SDDMM_MAX_DENSITY if kind == "sddmm" else MASKED_SUM_MAX_DENSITY
+        limit = knobs.get("sddmm_max_density" if kind == "sddmm" else "masked_sum_max_density")
         if facts.density > limit:
             lines.append(f"{tail.name}: {kind} over {name} stays dense (density {facts.density:.3f} > {limit})")
             continue

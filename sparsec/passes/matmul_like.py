@@ -24,11 +24,12 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
+from sparsec import knobs
+
 aten = torch.ops.aten
 _TRANSPOSES = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default}
 _UNSQUEEZES = {aten.unsqueeze.default, aten.view.default, aten.reshape.default}
 #: a row-scaling vector with more nonzeros than this fraction stays an element-wise torch multiply
-DIAG_MAX_DENSITY = 0.5
 KINDS = ("linear", "left", "conv2d", "diag")
 
 
@@ -201,7 +202,7 @@ def _match_diag(gm: GraphModule, node: Node) -> MatmulMatch | None:
         # the product must have H's shape (no broadcast growth) and s must scale H's rows
         if [str(d) for d in val.shape] != [str(d) for d in oval.shape] or str(oval.shape[-2]) != str(len(s)):
             continue
-        if not s.is_floating_point() or float((s != 0).float().mean()) > DIAG_MAX_DENSITY:
+        if not s.is_floating_point() or float((s != 0).float().mean()) > knobs.get("diag_max_density"):
             continue
         return MatmulMatch(node, 1 - idx, src[0], False, None, src[1], kind="diag")
     return None

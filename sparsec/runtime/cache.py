@@ -13,22 +13,21 @@ import os
 import tempfile
 from pathlib import Path
 
+from sparsec import knobs
+
 log = logging.getLogger("sparsec")
 
 
 def cache_dir() -> Path:
     """``$SPARSEC_CACHE_DIR``, else ``~/.cache/sparsec``; created on first use."""
-    root = os.environ.get("SPARSEC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sparsec"
-    )
-    path = Path(root)
+    path = Path(knobs.get("cache_dir"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def cache_enabled() -> bool:
     """Off when ``SPARSEC_CACHE=0``."""
-    return os.environ.get("SPARSEC_CACHE", "1") != "0"
+    return bool(knobs.get("cache"))
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -221,8 +221,6 @@ def _still_valid(data: dict) -> bool:
 
 def machine(threads: int) -> Machine:
     """The calibrated Machine for ``threads`` (from memory, disk, or a fresh ~2 s measurement)."""
-    if os.environ.get("SPARSEC_CALIBRATE", "1") == "0":
-        return dataclasses.replace(DEFAULT_MACHINE, threads=threads)
     key = machine_key(threads)
     if key in _MEMO:
         return _MEMO[key]

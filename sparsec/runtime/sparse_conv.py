@@ -7,7 +7,7 @@ fused, and the [Cout, positions] result is written into the NCHW output. Why im2
 convolution kernel with a sparse filter: it reuses the one code generator and its formats, selection
 and epilogue unchanged, and it measured faster (docs/models.md, examples/conv_lowering.py).
 
-Positions are processed in blocks of at most ``CONV_BLOCK`` (kernels are specialized to the block size,
+Positions are processed in blocks of at most knob ``conv_block`` (kernels are specialized to the block size,
 whose compile time grows with it, and a [Cin*kh*kw, block] patch matrix that stays in cache ran up to 2x
 faster than blocks of 1024-4096 on the project machine): whole images when an image's positions fit in
 a block (several images per block), otherwise bands of output rows of one image. Any input layout
@@ -19,11 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sparsec import knobs
 from sparsec.errors import InputError
 from sparsec.runtime.sparse_linear import SparseLinear
-
-#: the most output positions one kernel call computes (see the module docstring)
-CONV_BLOCK = 512
 
 
 def output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
@@ -33,7 +31,7 @@ def output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
 
 def blocks(batch: int, oh: int, ow: int, tile: int | None = None):
     """(b0, b1, r0, r1) blocks of output positions: images [b0, b1), output rows [r0, r1)."""
-    tile = tile or CONV_BLOCK
+    tile = tile or knobs.get("conv_block")
     per_image = oh * ow
     if per_image <= tile:
         group = max(1, tile // max(per_image, 1))
@@ -61,7 +59,7 @@ class SparseConv2d(SparseLinear):
 
     def kernels(self, n: int):
         """The kernels of the blocks that cover ``n`` output positions of the example's image size."""
-        if n <= CONV_BLOCK or not self.out_hw:
+        if n <= knobs.get("conv_block") or not self.out_hw:
             return super().kernels(n)
         oh, ow = self.out_hw
         sizes = sorted({(b1 - b0) * (r1 - r0) * ow for b0, b1, r0, r1 in blocks(max(1, n // (oh * ow)), oh, ow)})

@@ -8,17 +8,15 @@ as torch index kernels that touch only S's nonzeros (COO: rows, cols, values):
 - masked reduction ``(S * X).sum(dims)`` over S's dimensions: gathers X at the nonzeros and adds them
   per row (dim -1), per column (dim -2) or in total; O(nnz) instead of O(M N).
 
-Gathered operands are processed in chunks of nonzeros so the temporary stays below ``CHUNK_ELEMS``.
+Gathered operands are processed in chunks of nonzeros so the temporary stays below knob ``gather_chunk_elems``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from sparsec import knobs
 from sparsec.errors import InputError
-
-#: the most elements a gathered temporary holds at once (1 MB of float32: chunks stay in cache)
-CHUNK_ELEMS = 1 << 18
 
 
 class _SparseConst(torch.nn.Module):
@@ -67,7 +65,7 @@ class SparseSDDMM(_SparseConst):
         dtype = torch.promote_types(x.dtype, b.dtype)
         out = torch.zeros(*lead, m, n, dtype=dtype, device=x.device)
         flat = out.view(*lead, m * n)
-        step = max(1, CHUNK_ELEMS // max(1, k * max(1, lead.numel())))
+        step = max(1, knobs.get("gather_chunk_elems") // max(1, k * max(1, lead.numel())))
         for c0 in range(0, self.stored, step):
             r, c = self.rows[c0 : c0 + step], self.cols[c0 : c0 + step]
             dots = (x.index_select(-2, r) * bt.index_select(-2, c)).sum(-1)  # [..., chunk]
@@ -98,7 +96,7 @@ class SparseMaskedSum(_SparseConst):
             out, index = torch.zeros(xf.shape[0], n, dtype=dtype), self.cols
         else:
             out, index = torch.zeros(xf.shape[0], 1, dtype=dtype), None
-        step = max(1, CHUNK_ELEMS // max(1, xf.shape[0]))
+        step = max(1, knobs.get("gather_chunk_elems") // max(1, xf.shape[0]))
         for c0 in range(0, self.stored, step):
             r, c = self.rows[c0 : c0 + step], self.cols[c0 : c0 + step]
             g = xf.index_select(1, r * n + c).to(dtype) * self.values[c0 : c0 + step].to(dtype)

@@ -5,7 +5,7 @@ product with W = A and X^T = H, so H [K, N] goes to the kernel as it is (no tran
 result comes back in place. This covers SpMV (H [K]), SpMM (H [K, N]), batched H [..., K, N] (the batch
 folds into N) and sparse row scaling (A = diag(s)).
 
-Columns are processed in tiles of at most ``COLUMN_TILE``: the kernels are specialized to N, and their
+Columns are processed in tiles of at most knob ``column_tile``: the kernels are specialized to N, and their
 compile time grows faster than linearly in N (CSR: 0.1 s at N=1024, 0.4 s at 4096, 1.2 s at 8192, and
 it was minutes at 65536 with an earlier kernel), so a large N runs as several calls of a few kernel
 shapes. A tile is a column slice of H, which costs a copy in and out, so tiles are as large as compile
@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import torch
 
+from sparsec import knobs
 from sparsec.errors import InputError
 from sparsec.runtime.sparse_linear import SparseLinear
-
-#: the most columns one kernel call processes (see the module docstring)
-COLUMN_TILE = 4096
 
 
 def tile_sizes(n: int, tile: int | None = None) -> list[int]:
     """The distinct column counts of the kernel calls that process ``n`` columns."""
-    tile = tile or COLUMN_TILE
+    tile = tile or knobs.get("column_tile")
     if n <= tile:
         return [n]
     return sorted({tile, n % tile} - {0})
@@ -36,7 +34,7 @@ class SparseLeft(SparseLinear):
 
     def kernels(self, n: int):
         """The kernels of every slab for the calls that process ``n`` columns."""
-        if n <= COLUMN_TILE:
+        if n <= knobs.get("column_tile"):
             return super().kernels(n)
         return [k for size in tile_sizes(n) for k in SparseLinear.kernels(self, size)]
 
@@ -65,11 +63,12 @@ class SparseLeft(SparseLinear):
     def _columns(self, hk: torch.Tensor, rk: torch.Tensor | None) -> torch.Tensor:
         """[M, T] = epilogue(A @ hk [K, T]), in column tiles."""
         total = hk.shape[1]
-        if total <= COLUMN_TILE:
+        tile = knobs.get("column_tile")
+        if total <= tile:
             return SparseLinear.forward(self, hk.t(), rk.t() if rk is not None else None).t()
         out = torch.empty(self.out_features, total)
-        for c0 in range(0, total, COLUMN_TILE):
-            c1 = min(total, c0 + COLUMN_TILE)
+        for c0 in range(0, total, tile):
+            c1 = min(total, c0 + tile)
             r = rk[:, c0:c1].t() if rk is not None else None
             out[:, c0:c1] = SparseLinear.forward(self, hk[:, c0:c1].t(), r).t()
         return out

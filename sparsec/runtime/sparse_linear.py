@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsec import knobs
 from sparsec.codegen.mlir import emit_rowvec
 from sparsec.codegen.mlir.jit import (
     ArgRef,
@@ -24,11 +25,8 @@ from sparsec.codegen.mlir.jit import (
 from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
-from sparsec.formats.cost import PARALLEL_MIN_WORK, parallel_work
+from sparsec.formats.cost import parallel_work
 from sparsec.runtime.threads import run_parallel
-
-#: tests set this: output buffers start as NaN, so any element a kernel fails to write shows up
-POISON_OUTPUTS = False
 
 
 class SparseLinear(torch.nn.Module):
@@ -149,7 +147,7 @@ class SparseLinear(torch.nn.Module):
         x_arg = ArgRef(torch_descriptor(xt))
         total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
         out = torch.empty((total_rows,) if n == 1 else (total_rows, n))
-        if POISON_OUTPUTS:
+        if knobs.get("poison_outputs"):
             out.fill_(float("nan"))
         tasks, offset = [], 0
         for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
@@ -167,7 +165,7 @@ class SparseLinear(torch.nn.Module):
             offset += rows
             # keep the buffers alive until the kernel ran: the descriptors hold raw pointers
             tasks.append(lambda k=kern, a=args, keep=(res, o, xt): k.call_refs(a))
-        if len(tasks) > 1 and parallel_work(self.stored, n) < PARALLEL_MIN_WORK:
+        if len(tasks) > 1 and parallel_work(self.stored, n) < knobs.get("parallel_min_work"):
             for t in tasks:
                 t()
         else:

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsec
+from sparsec import knobs
 from sparsec.formats import registry
-from sparsec.runtime import sparse_left
 from sparsec.runtime.sparse_gather import SparseMaskedSum, SparseSDDMM
 from sparsec.runtime.sparse_left import SparseLeft
 from tests.conftest import assert_close, random_weight
@@ -42,19 +42,19 @@ def test_spmv():
         cm(torch.randn(383))
 
 
-def test_spmm_left_right_and_batched(monkeypatch):
-    monkeypatch.setattr(sparse_left, "COLUMN_TILE", 256)  # so a modest N spans several column tiles
-    model = zoo.SpMM(S(256, 192, 0.05, 2), S(192, 128, 0.05, 3))
-    cm = _compile(model, (torch.randn(192, 64),))
-    rep = {r.name: r for r in cm.report().layers}
-    assert rep["A"].format != "dense" and "relu" in rep["A"].fused and rep["A"].shape == (256, 192)
-    assert rep["B"].format != "dense" and rep["B"].shape == (128, 192)  # right operand read as [out, in]
-    _check(cm, model, torch.randn(192, 64))
-    _check(cm, model, torch.randn(192, 3))
-    _check(cm, model, torch.randn(192, 700))  # N above one column tile: 256 + 256 + 188
-    cm3 = _compile(model, (torch.randn(3, 192, 64),))
-    _check(cm3, model, torch.randn(3, 192, 64))
-    _check(cm3, model, torch.randn(2, 192, 64))
+def test_spmm_left_right_and_batched():
+    with knobs.scope(column_tile=256):  # so a modest N spans several column tiles
+        model = zoo.SpMM(S(256, 192, 0.05, 2), S(192, 128, 0.05, 3))
+        cm = _compile(model, (torch.randn(192, 64),))
+        rep = {r.name: r for r in cm.report().layers}
+        assert rep["A"].format != "dense" and "relu" in rep["A"].fused and rep["A"].shape == (256, 192)
+        assert rep["B"].format != "dense" and rep["B"].shape == (128, 192)  # right operand read as [out, in]
+        _check(cm, model, torch.randn(192, 64))
+        _check(cm, model, torch.randn(192, 3))
+        _check(cm, model, torch.randn(192, 700))  # N above one column tile: 256 + 256 + 188
+        cm3 = _compile(model, (torch.randn(3, 192, 64),))
+        _check(cm3, model, torch.randn(3, 192, 64))
+        _check(cm3, model, torch.randn(2, 192, 64))
 
 
 def test_gcn_with_fixed_sparse_adjacency():

@@ -8,6 +8,8 @@ import json
 import torch
 
 import sparsec
+from sparsec import knobs
+from sparsec.compiler.options import CompileOptions
 from sparsec.demo import prune_linears
 from sparsec.formats.cost import Machine
 from sparsec.models import MLP
@@ -39,9 +41,16 @@ def test_calibration_measures_caches_and_survives_corruption(tmp_path, monkeypat
     assert calibrate.machine(2).sparse_flops == 1.0
 
 
-def test_calibration_can_be_turned_off(monkeypatch):
+def test_calibration_has_one_switch_whose_default_the_env_sets(monkeypatch):
     monkeypatch.setenv("SPARSEC_CALIBRATE", "0")
-    assert calibrate.machine(3).threads == 3
+    assert CompileOptions().calibrate is False
+    monkeypatch.setattr(calibrate, "measure", lambda threads: (_ for _ in ()).throw(AssertionError("measured")))
+    cm = sparsec.sparse_compile(MLP(16, 32, 8).eval(), (torch.randn(2, 16),), target="cpu")
+    assert cm._primary.ctx.machine.threads >= 1  # built-in rates, no measurement
+    monkeypatch.delenv("SPARSEC_CALIBRATE")
+    with knobs.scope(calibrate=False):
+        assert CompileOptions().calibrate is False
+    assert CompileOptions().calibrate is True
 
 
 def test_autotune_measures_and_reports():

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
+from sparsec import knobs
 from sparsec.codegen.spec import KernelSpec
 from sparsec.runtime.cache import atomic_write, cache_dir, cache_enabled, read_json, write_json
 
@@ -101,7 +102,7 @@ def store(spec: KernelSpec, opt_level: int, engine, mlir_text: str, llvm_text: s
     """Write the engine's object code as a shared library, with its record; never raises."""
     if not cache_enabled():
         return
-    cc = shutil.which(os.environ.get("CC", "cc"))
+    cc = shutil.which(knobs.get("cc"))
     if cc is None:
         return
     so, meta_path = _paths(spec, opt_level)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 from collections.abc import Iterator
 
 import torch
+
+from sparsec import knobs
 
 _override: bool | None = None
 
@@ -35,7 +36,7 @@ def cuda_available() -> bool:
 
 def env_interpret() -> bool:
     """Return True when ``TRITON_INTERPRET`` asks for the interpreter (``1``/``true``/``yes``/``on``)."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(knobs.get("triton_interpret"))
 
 
 def set_interpret(flag: bool | None) -> None:

@@ -1,0 +1,128 @@
+"""Every environment variable and named tuning constant of sparsec, typed, in one table.
+
+Read a knob with ``knobs.get("name")``; override knobs for a block (tests, experiments) with
+``with knobs.scope(name=value, ...):``. A knob with an environment variable takes, in order: the innermost
+``scope`` value, the environment variable (read at each lookup, so a test's ``setenv`` applies), its
+default. The table in docs/knobs.md lists them all (``python -m sparsec.knobs`` prints it).
+
+Per-compile settings a user chooses per model (target, formats, threads...) live in
+``sparsec.compiler.options.CompileOptions``; a knob that is also an option (``calibrate``, ``dump_dir``)
+only supplies the option's default, so each behaviour has one switch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob: its type, default (a value or a zero-argument function), environment variable and meaning."""
+
+    name: str
+    type: type
+    default: Any
+    env: str | None
+    doc: str
+
+    def default_value(self) -> Any:
+        """The default, computed now when it is a function (a path under $HOME, say)."""
+        return self.default() if callable(self.default) else self.default
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sparsec")
+
+
+_TABLE: tuple[Knob, ...] = (
+    # --- environment ------------------------------------------------------------------------------------
+    Knob("cache_dir", str, _default_cache_dir, "SPARSEC_CACHE_DIR",
+         "directory of the on-disk cache (calibration, autotune decisions, compiled kernels); "
+         "default $XDG_CACHE_HOME/sparsec or ~/.cache/sparsec"),
+    Knob("cache", bool, True, "SPARSEC_CACHE", "read and write the on-disk cache (0: recompute everything)"),
+    Knob("calibrate", bool, True, "SPARSEC_CALIBRATE",
+         "default of CompileOptions.calibrate: measure the CPU cost-model rates (~2 s, cached)"),
+    Knob("dump_dir", str, None, "SPARSEC_DUMP_DIR", "default of CompileOptions.dump_dir: write every stage here"),
+    Knob("triton_interpret", bool, False, "TRITON_INTERPRET",
+         "Triton's own switch: run GPU kernels in the interpreter (target='interpret' sets it per launch)"),
+    Knob("cc", str, "cc", "CC", "C compiler/linker the MLIR kernels are linked with"),
+    # --- tuning constants ---------------------------------------------------------------------------------
+    Knob("column_tile", int, 4096, None, "sparse-left kernels: columns per kernel call (kernels are N-specialized)"),
+    Knob("conv_block", int, 512, None, "sparse conv: output positions per kernel call"),
+    Knob("gather_chunk_elems", int, 1 << 18, None, "gather kernels: largest temporary, in elements"),
+    Knob("poison_outputs", bool, False, None, "fill kernel output buffers with NaN first (tests: catch unwritten)"),
+    Knob("parallel_min_work", int, 2_000_000, None, "CPU: below this work a call runs on one thread"),
+    Knob("diag_max_density", float, 0.5, None, "diag scaling is matched only at or below this density"),
+    Knob("autotune_top_k", int, 3, None, "autotune: candidates timed per layer group (dense is always timed)"),
+    Knob("dense_conv_speedup", float, 2.0, None, "conv_select: torch's conv2d rate over a GEMM's"),
+    Knob("conv_sparse_slowdown", float, 2.0, None, "conv_select: sparse conv kernels' slowdown vs their GEMM"),
+    Knob("sddmm_max_density", float, 0.03, None, "gather: SDDMM kernel only at or below this density"),
+    Knob("masked_sum_max_density", float, 0.05, None, "gather: masked-sum kernel only at or below this density"),
+)
+KNOBS: dict[str, Knob] = {k.name: k for k in _TABLE}
+
+_STACK: list[dict[str, Any]] = []
+_LOCK = threading.Lock()
+
+
+def _parse(knob: Knob, text: str) -> Any:
+    if knob.type is bool:
+        return text.strip().lower() not in ("0", "false", "no", "off", "")
+    if knob.type is str:
+        return text
+    return knob.type(text)
+
+
+def get(name: str) -> Any:
+    """The current value of knob ``name`` (scope override, else environment variable, else default)."""
+    for frame in reversed(_STACK):
+        if name in frame:
+            return frame[name]
+    knob = KNOBS.get(name)
+    if knob is None:
+        raise KeyError(f"unknown knob {name!r}; known knobs: {', '.join(KNOBS)}")
+    if knob.env:
+        text = os.environ.get(knob.env)
+        if text:  # an empty variable means unset, as for SPARSEC_CACHE_DIR= before
+            return _parse(knob, text)
+    return knob.default_value()
+
+
+@contextmanager
+def scope(**values: Any) -> Iterator[None]:
+    """Override knobs inside a ``with`` block: ``with knobs.scope(column_tile=256): ...``."""
+    for name, value in values.items():
+        knob = KNOBS.get(name)
+        if knob is None:
+            raise KeyError(f"unknown knob {name!r}; known knobs: {', '.join(KNOBS)}")
+        ok = value is None and knob.default is None or isinstance(value, knob.type) or (
+            knob.type is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise TypeError(f"knob {name!r} takes {knob.type.__name__}, got {value!r}")
+    frame = dict(values)
+    with _LOCK:
+        _STACK.append(frame)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _STACK.remove(frame)
+
+
+def table() -> str:
+    """The knobs as a markdown table (the body of docs/knobs.md)."""
+    rows = ["| knob | type | default | environment | meaning |", "|---|---|---|---|---|"]
+    for k in _TABLE:
+        default = "(computed)" if isinstance(k.default, Callable) else repr(k.default)
+        rows.append(f"| `{k.name}` | {k.type.__name__} | {default} | {k.env or '-'} | {k.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())
