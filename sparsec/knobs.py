@@ -51,6 +51,7 @@ _TABLE: tuple[Knob, ...] = (
     Knob("dump_dir", str, None, "SPARSEC_DUMP_DIR", "default of CompileOptions.dump_dir: write every stage here"),
     Knob("triton_interpret", bool, False, "TRITON_INTERPRET",
          "Triton's own switch: run GPU kernels in the interpreter (target='interpret' sets it per launch)"),
+    Knob("progress", bool, True, "SPARSEC_PROGRESS", "progress bars on a terminal's stderr (0: never)"),
     Knob("cc", str, "cc", "CC", "C compiler/linker the MLIR kernels are linked with"),
     # --- tuning constants ---------------------------------------------------------------------------------
     Knob("column_tile", int, 4096, None, "sparse-left kernels: columns per kernel call (kernels are N-specialized)"),

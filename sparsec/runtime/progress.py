@@ -6,14 +6,15 @@ CI and pipes get no control characters.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable
 
 from tqdm import tqdm
 
+from sparsec import knobs
+
 
 def progress(items: Iterable, desc: str, total: int | None = None) -> tqdm:
     """``items`` wrapped in a tqdm bar on stderr (disabled off a terminal); set its postfix to name the item."""
-    off = True if os.environ.get("SPARSEC_PROGRESS", "1") == "0" else None
+    off = None if knobs.get("progress") else True
     return tqdm(items, desc=desc, total=total, disable=off, file=sys.stderr, leave=False, dynamic_ncols=True)
