@@ -90,3 +90,20 @@ def test_bad_input():
     model, inputs = _mlp()
     with pytest.raises(ValueError, match="repeats"):
         sparsec.profile(model, inputs, repeats=0)
+
+
+def test_cli_report_and_inspect_saved_model(tmp_path, capsys):
+    from sparsec.cli import main
+
+    model, (x,) = _mlp()
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", min_weight_numel=1024, force_format="csr")
+    cm.save(tmp_path / "m")
+    assert main(["report", str(tmp_path / "m"), "--json", "--repeats", "1", "--plots", str(tmp_path / "png")]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out[: out.rindex("}") + 1])
+    assert data["compiled"] and data["layers"][0]["kind"] == "csr"
+    assert (tmp_path / "png" / "density.png").stat().st_size > 1000 and (tmp_path / "png" / "time.png").exists()
+    assert main(["inspect", "mlir", "--model", str(tmp_path / "m")]) == 0
+    assert "func.func @sparsec_" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "missing")])
