@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         f"### Saved-model load time: BERT ({layers} layers, 90% pruned encoder), new process each"
         f"{' (--quick)' if args.quick else ''}",
         "",
-        f"Command: `python benchmarks/artifact_load.py{' --quick' if args.quick else ''}`; {rounds} interleaved "
+        f"Command: `python benchmarks/artifact_load.py{' --quick' if args.quick else ''}"
+        f"{f' --rounds {args.rounds}' if args.rounds else ''}`; {rounds} interleaved "
         f"round(s), medians; warm kernel cache; artifact {size_mb:.0f} MB; load average {load0:.1f} -> {load1:.1f}; "
         f"1024^3 GEMM {gemm0 * 1e3:.1f} -> {gemm1 * 1e3:.1f} ms.",
         "",
