@@ -1,7 +1,7 @@
 """Runs DeepSparse and ONNX Runtime for bench_peers.py inside the peers' own venv (numpy<2, onnx<1.15).
 
 Protocol: one JSON object per line on stdin, one reply per line on stdout.
-  {"cmd": "load", "name": N, "engine": "deepsparse"|"ort", "path": model.onnx, "threads": T}
+  {"cmd": "load", "name": N, "engine": "deepsparse"|"ort", "path": model.onnx, "threads": T, "batch": B}
   {"cmd": "run", "name": N, "inputs": [a.npy, ...], "reps": R, "out": y.npy}  -> {"times": [s, ...]}
 Each run makes one untimed call first (ORT's threads spin for ~36 ms after a call, and the engine that
 ran before this one must not be charged for it), then R timed calls; the first output goes to ``out``.
@@ -25,11 +25,12 @@ os.dup2(2, 1)
 sys.stdout = sys.stderr
 
 
-def _load(engine: str, path: str, threads: int):
+def _load(engine: str, path: str, threads: int, batch: int):
     if engine == "deepsparse":
         from deepsparse import compile_model
 
-        eng = compile_model(path, batch_size=1, num_cores=threads)
+        # DeepSparse overrides the first dimension of every input with batch_size
+        eng = compile_model(path, batch_size=batch, num_cores=threads)
         return lambda xs: eng.run(xs)[0]
     if engine == "ort":
         import onnxruntime as ort
@@ -50,7 +51,7 @@ def main() -> None:
         try:
             if req["cmd"] == "load":
                 t = time.perf_counter()
-                ENGINES[req["name"]] = _load(req["engine"], req["path"], int(req["threads"]))
+                ENGINES[req["name"]] = _load(req["engine"], req["path"], int(req["threads"]), int(req.get("batch", 1)))
                 reply = {"ok": True, "load_s": time.perf_counter() - t}
             elif req["cmd"] == "run":
                 fn = ENGINES[req["name"]]

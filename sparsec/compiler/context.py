@@ -24,4 +24,5 @@ class CompileContext:
     machine: Machine = DEFAULT_MACHINE  # the cost model's rates (calibrated on this machine)
     #: layer name -> format from a saved artifact; select keeps these instead of choosing
     pinned_formats: dict[str, str] = field(default_factory=dict)
+    shrunk: bool = False  # set by shrink when it removed channels (the graph then differs from the model)
     example_inputs: tuple = ()  # the flattened example inputs (passes that run the graph once read them)

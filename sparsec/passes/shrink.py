@@ -247,6 +247,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     if edits:
         gm.graph.lint()
         gm.recompile()
+        ctx.shrunk = True
     ctx.stages["shrink"] = "\n".join(lines)
     return gm
 

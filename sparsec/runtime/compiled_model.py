@@ -24,7 +24,7 @@ from torch.utils import _pytree as pytree
 from sparsec.compiler.capture import Captured, capture
 from sparsec.compiler.context import CompileContext
 from sparsec.compiler.options import CompileOptions
-from sparsec.compiler.pipeline import GPU_STAGES, STAGES, build_report, gpu_stage_text, run_passes
+from sparsec.compiler.pipeline import GPU_STAGES, STAGES, build_report, gpu_stage_text, layers_of, run_passes
 from sparsec.errors import CaptureError, InputError
 from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
@@ -104,6 +104,8 @@ class CompiledModel(torch.nn.Module):
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
         self._seed = seed  # a loaded artifact's program and formats (sparsec/runtime/artifact.py), used once
+        # [the source model] when the graph would only replay it (a list: nn.Module must not register it)
+        self._eager: list = []
         self._compile(args, kwargs or {})
 
     # --- compiling ----------------------------------------------------------------------------------
@@ -148,7 +150,20 @@ class CompiledModel(torch.nn.Module):
         self._weights = _WeightWatch(model)
         if len(self._variants) == 1:  # the example's variant is the one users inspect
             self._primary = variant
+            self._eager = self._eager_model(model, ctx, gm, from_artifact=seed is not None)
         return variant
+
+    def _eager_model(self, model, ctx: CompileContext, gm, from_artifact: bool) -> list:
+        """The user's model itself when the compiled graph would only replay it: every layer stayed dense
+        and no channel was removed. Calling it skips the exported graph's per-op dispatch, guards and
+        variant matching (~20 us per call on a tiny model); inputs and weights are still checked."""
+        if self.target != "cpu" or from_artifact or ctx.shrunk:
+            return []
+        if any(layer.format != "dense" for layer in layers_of(gm)):
+            return []
+        self._eager_training = model.training
+        ctx.stages["runtime"] = "every layer is dense and no channel was removed: calls run the source model"
+        return [model]
 
     def refresh(self) -> None:
         """Recompile from the model's current weights (needed only after writes through ``.data``)."""
@@ -174,6 +189,13 @@ class CompiledModel(torch.nn.Module):
                 self._variants.clear()
                 ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
                 self._compile(ex_args, ex_kwargs)
+            eager = self._eager
+        if eager and eager[0].training == self._eager_training:
+            try:
+                return eager[0](*args, **kwargs)
+            except Exception:  # noqa: BLE001 - the graph path below raises the InputError that names the problem
+                pass
+        with self._lock:
             variant = self._find_variant(flat)
             if variant is None:
                 variant = self._new_variant(args, kwargs, flat)
