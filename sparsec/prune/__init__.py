@@ -19,7 +19,9 @@ from .movement import MovementPruner
 from .nm import NMPruner, is_nm_sparse, nm_mask
 from .rigl import SET, RigL
 from .schedule import CubicSchedule, cosine_update_fraction, cubic_sparsity
+from .sparsegpt import SparseGPTPruner, sparsegpt, sparsegpt_layer
 from .static import StaticSparsifier
+from .wanda import WandaPruner, wanda, wanda_scores
 
 __all__ = [
     "BaseSparsifier", "BlockPruner", "ChannelGroup", "ChannelPruner", "CubicSchedule", "GradualPruner",
@@ -27,5 +29,6 @@ __all__ = [
     "ScoreSparsifier", "StaticSparsifier", "attach_mask", "block_mask", "block_scores", "channel_groups",
     "cosine_update_fraction", "cubic_sparsity", "finalize", "get_mask", "is_nm_sparse", "iter_masks",
     "layer_densities", "magnitude_masks", "nm_mask", "original", "random_mask", "select_modules",
-    "sparsity_report", "zero_optimizer_state",
+    "sparsity_report", "zero_optimizer_state", "SparseGPTPruner", "WandaPruner", "sparsegpt",
+    "sparsegpt_layer", "wanda", "wanda_scores",
 ]
