@@ -46,6 +46,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         else:  # gpu, or the Triton interpreter on the CPU (select keeps non-Linear kinds dense there)
             module = TritonLinear(layer.name, fmt, weight, bias, layer.activation, layer.residual is not None,
                                   interpret=ctx.target == "interpret")
+        _link_parameters(gm, ctx, m, module)
         mod_name = module_name(gm, layer.name)
         gm.add_submodule(mod_name, module)
         tail = layer.fused_nodes[-1] if layer.fused_nodes else node
@@ -67,3 +68,20 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     graph.lint()
     gm.recompile()
     return gm
+
+
+def _link_parameters(gm: GraphModule, ctx: CompileContext, m, module) -> None:
+    """Let a SparseLinear give gradients to the user's parameters when it computes with them unchanged.
+
+    Only a plain linear whose weight (and bias) are the model's own Parameters qualifies: a folded,
+    shrunk or transposed weight has no parameter to give its gradient to (the model then raises on
+    backward, see CompiledModel)."""
+    from sparsec.runtime.sparse_linear import SparseLinear
+
+    if type(module) is not SparseLinear or m.kind != "linear" or m.transposed or ctx.root is None:
+        return
+    params = {id(p) for p in ctx.root.parameters()}
+    weight = get_constant(gm, m.weight)
+    bias = get_constant(gm, m.bias) if m.bias is not None else None
+    if id(weight) in params and (bias is None or id(bias) in params):
+        module.train_refs = (weight, bias)

@@ -28,7 +28,7 @@ from sparsec.compiler.pipeline import GPU_STAGES, STAGES, build_report, gpu_stag
 from sparsec.errors import CaptureError, InputError
 from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
-from sparsec.runtime import calibrate
+from sparsec.runtime import calibrate, training
 from sparsec.runtime.threads import default_threads
 
 log = logging.getLogger("sparsec")
@@ -42,6 +42,7 @@ class _Variant:
     report: Report
     specs: list  # per flattened input: (shape with None for dynamic dims, ranges) or a constant
     out_spec: object = None  # how the graph's flat outputs nest (the graph itself takes and returns flat lists)
+    trainable: bool = False  # every gradient reaches the model's own tensors (sparsec.runtime.training)
 
     def __call__(self, flat: list):
         """Run the graph on flattened inputs and nest its outputs like the model's."""
@@ -68,6 +69,19 @@ class _WeightWatch:
             for name, value in vars(mod).items():
                 if isinstance(value, torch.Tensor) and not name.startswith("_"):
                     self.entries.append((mod.__dict__, name, value, _version(value), value.data_ptr()))
+
+    def changed_tensors(self) -> list | None:
+        """The tensors written in place since recording; None when anything was replaced or moved."""
+        for store, name, child in self.tree:
+            if store.get(name) is not child:
+                return None
+        out = []
+        for store, name, t, version, ptr in self.entries:
+            if store.get(name) is not t or t.data_ptr() != ptr:
+                return None
+            if t._version != version:
+                out.append(t)
+        return out
 
     def changed(self) -> bool:
         """True when a module, parameter, buffer or tensor attribute was replaced or written in place."""
@@ -101,6 +115,7 @@ class CompiledModel(torch.nn.Module):
         self._plain_inputs = not kwargs and len(args) == len(self._example_flat) and all(
             isinstance(a, torch.Tensor) for a in args
         )
+        self._train_mods = training.train_mode_modules(model)
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
         self._seed = seed  # a loaded artifact's program and formats (sparsec/runtime/artifact.py), used once
@@ -116,6 +131,7 @@ class CompiledModel(torch.nn.Module):
         if dynamic is None:
             dynamic = self.options.dynamic and not self._variants
         seed, self._seed = self._seed, None
+        training.check_eval(self._train_mods)
         cap = seed.captured if seed is not None else capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target=self.target)
         if seed is not None:
@@ -146,6 +162,8 @@ class CompiledModel(torch.nn.Module):
         gm.graph._codegen = torch.fx.graph.CodeGen()
         gm.recompile()
         variant = _Variant(cap, gm, ctx, build_report(gm, ctx.notes), _input_specs(cap), out_spec)
+        variant.trainable = training.trainable_graph(gm, model)
+        self._params = [p for p in model.parameters() if p.is_floating_point()]
         self._variants.append(variant)
         self._weights = _WeightWatch(model)
         if len(self._variants) == 1:  # the example's variant is the one users inspect
@@ -183,7 +201,12 @@ class CompiledModel(torch.nn.Module):
         else:
             flat, spec = pytree.tree_flatten((args, kwargs))
             self._check_inputs(flat, spec)
+        if self._train_mods:
+            training.check_eval(self._train_mods)
         with self._lock:
+            if self._weights.changed() and training.fast_refresh(self._variants, self._weights):
+                log.info("sparsec: weights updated in place; packed values refreshed in O(nnz)")
+                self._weights = _WeightWatch(self._model[0])
             if self._weights.changed():
                 log.info("sparsec: the model's weights changed since compiling; recompiling")
                 self._variants.clear()
@@ -200,7 +223,7 @@ class CompiledModel(torch.nn.Module):
             if variant is None:
                 variant = self._new_variant(args, kwargs, flat)
         try:
-            return variant(flat)
+            return self._run(variant, flat)
         except AssertionError as exc:  # raised by the graph's first node, before any kernel ran
             if "Guard failed" not in str(exc) or not variant.captured.dynamic:
                 raise
@@ -209,7 +232,15 @@ class CompiledModel(torch.nn.Module):
         # shapes, which raises InputError naming them when the model cannot run on them at all.
         with self._lock:
             variant = self._find_variant(flat, static_only=True) or self._new_variant(args, kwargs, flat)
-        return variant(flat)
+        return self._run(variant, flat)
+
+    def _run(self, variant: _Variant, flat: list):
+        """Run a variant; when grad is required and it cannot give gradients, its outputs raise on backward."""
+        out = variant(flat)
+        if variant.trainable or not torch.is_grad_enabled():
+            return out
+        anchor = next((t for t in (*flat, *self._params) if isinstance(t, torch.Tensor) and t.requires_grad), None)
+        return out if anchor is None else training.guard_outputs(out, anchor)
 
     def _check_inputs(self, flat: list, spec) -> None:
         if spec != self._in_spec:

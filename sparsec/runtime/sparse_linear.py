@@ -62,6 +62,18 @@ class SparseLinear(torch.nn.Module):
         self._fixed_args = [[ArgRef(numpy_descriptor(a)) for a in bufs] for bufs in self._kernel_buffers]
         self._bias_args = [ArgRef(torch_descriptor(b)) if b is not None else None for _, b, _ in self.slabs]
         self._kernels: dict[int, list[CompiledKernel]] = {}
+        #: training state (sparse_grad.Trainable) when lower found the parameter this weight is
+        self.trainable = None
+        self._handle = None
+        #: (weight, bias) parameters of the user's model this layer computes with; set by lower
+        self.train_refs: tuple | None = None
+
+    def enable_training(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Route calls that need grad through ``sparsec::sparse_linear`` with grads for these parameters."""
+        from sparsec.runtime import sparse_grad
+
+        self.trainable = sparse_grad.Trainable(self, weight, bias)
+        self._handle = sparse_grad.register(self)
 
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
         """Split rows into ``threads`` slabs (aligned to the format's row block) and pack each one."""
@@ -115,7 +127,22 @@ class SparseLinear(torch.nn.Module):
         return ks
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the fused layer on ``x`` [..., in]; ``residual`` [..., out] when the group fused one."""
+        """Run the fused layer on ``x`` [..., in]; ``residual`` [..., out] when the group fused one.
+
+        With grad mode on and an input or the layer's parameters requiring grad, the call goes through
+        the autograd-capable custom op (sparsec.runtime.sparse_grad)."""
+        if self.train_refs is not None:
+            from sparsec.runtime import sparse_grad
+
+            if sparse_grad.needs_grad(self, x, residual):
+                if self.trainable is None:  # slot maps cost three packs: built on the first call that needs them
+                    self.enable_training(*self.train_refs)
+                w, b = self.train_refs
+                return torch.ops.sparsec.sparse_linear(x, w, b, residual, self._handle)
+        return self.run(x, residual)
+
+    def run(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The kernels' forward, no autograd."""
         if x.dtype != torch.float32:
             raise InputError(f"{self.layer_name}: input dtype {x.dtype}, the CPU kernel takes torch.float32")
         if x.device.type != "cpu":

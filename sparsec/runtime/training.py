@@ -1,0 +1,126 @@
+"""What CompiledModel needs for training: train-mode guard, backward guard, O(nnz) value refresh."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsec.errors import UnsupportedError
+
+_TRAIN_MODULES = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def train_mode_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules whose result differs between train() and eval() (dropout p > 0, BatchNorm)."""
+    return [m for m in model.modules() if isinstance(m, _TRAIN_MODULES) and getattr(m, "p", 1) != 0]
+
+
+def check_eval(mods: list[torch.nn.Module]) -> None:
+    """Raise when any train-dependent module is in train mode: sparsec compiles eval semantics only."""
+    for m in mods:
+        if m.training:
+            raise UnsupportedError(
+                f"the model is in train() mode and has {type(m).__name__} layers, whose train-mode results "
+                "(random dropout, BatchNorm batch statistics) the compiled model does not compute: call "
+                "model.eval() before sparse_compile and before calling the compiled model (sparse training "
+                "through the compiled kernels runs with eval-mode dropout/BatchNorm)"
+            )
+
+
+class _RaiseOnBackward(torch.autograd.Function):
+    """Identity forward; backward raises: the graph has constants that are not the model's parameters."""
+
+    @staticmethod
+    def forward(ctx, out, anchor):
+        ctx.why = anchor
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise UnsupportedError(
+            "backward through this compiled model is not supported: some compiled layers compute with "
+            "derived weights (folded BatchNorm, shrunk channels, transposed or conv/batched weights) that "
+            "have no parameter to give a gradient to. Train the eager model, or compile with options that "
+            "keep plain Linear layers; run inference under torch.no_grad()"
+        )
+
+
+def guard_outputs(outs, anchor: torch.Tensor):
+    """Make every float output require grad through a node that raises a clear error on backward."""
+    from torch.utils import _pytree as pytree
+
+    def wrap(t):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return _RaiseOnBackward.apply(t, anchor)
+        return t
+
+    return pytree.tree_map(wrap, outs)
+
+
+def trainable_graph(gm: torch.fx.GraphModule, model: torch.nn.Module) -> bool:
+    """True when every gradient the graph's computation needs reaches the model's own tensors."""
+    from sparsec.runtime.sparse_linear import SparseLinear
+
+    own = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor) and obj.is_floating_point() and id(obj) not in own:
+                return False
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            if node.target.startswith("sparsec_") and not (type(mod) is SparseLinear and mod.train_refs):
+                return False
+    return True
+
+
+def sparse_modules(gm: torch.fx.GraphModule) -> list:
+    """The SparseLinear modules that compute with the model's parameters."""
+    return [m for m in gm.modules() if getattr(m, "train_refs", None)]
+
+
+def fast_refresh(variants: list, watch) -> bool:
+    """After in-place updates (optimizer.step), refresh packed values in O(nnz); False: recompile needed.
+
+    Needs every changed tensor to be the same object at the same address, and each to be read directly by
+    a graph or be a SparseLinear's parameter; a weight that became nonzero outside its stored positions
+    (a mask change) needs a re-pack."""
+    changed = watch.changed_tensors()
+    if changed is None:
+        return False
+    mods = [m for v in variants for m in sparse_modules(v.module)]
+    direct = {id(t) for v in variants for t in _graph_tensors(v.module)}
+    by_param = {}
+    for m in mods:
+        for t in m.train_refs:
+            if t is not None:
+                by_param.setdefault(id(t), []).append(m)
+    for t in changed:
+        if id(t) not in direct and id(t) not in by_param:
+            return False
+    todo = {id(m): m for t in changed for m in by_param.get(id(t), [])}
+    for m in todo.values():
+        if m.trainable is None:  # no slot map yet (built from the packed pattern on the first backward)
+            return False
+        w = m.train_refs[0].detach()
+        flat = m.trainable.flat
+        if int(torch.count_nonzero(w)) != int(torch.count_nonzero(w.reshape(-1)[flat])):
+            return False  # nonzeros outside the stored positions: the mask changed
+    from sparsec.runtime.sparse_grad import refresh_values
+
+    for m in todo.values():
+        refresh_values(m)
+    return True
+
+
+def _graph_tensors(gm: torch.fx.GraphModule) -> list:
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                out.append(obj)
+    return out

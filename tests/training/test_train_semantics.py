@@ -1,0 +1,69 @@
+"""Train-mode guard, backward guard, and the O(nnz) value refresh after optimizer steps."""
+
+import pytest
+import torch
+
+import sparsec
+from sparsec.errors import UnsupportedError
+from tests.training.test_grad import Block, prune_
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = Block(64, 128, "relu", True)
+    gen = torch.Generator().manual_seed(seed)
+    prune_(model.up.weight, "csr", gen)
+    prune_(model.down.weight, "csr", gen)
+    return model
+
+
+def test_train_mode_dropout_raises_naming_eval():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Dropout(0.5))
+    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
+        sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu", calibrate=False)
+    model.eval()
+    cm = sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu", calibrate=False)
+    model.train()
+    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
+        cm(torch.randn(4, 64))
+
+
+def test_untrainable_graph_raises_on_backward():
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3), torch.nn.BatchNorm2d(16)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand_like(model[0].weight) > 0.9)
+    x = torch.randn(2, 8, 12, 12)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", calibrate=False)
+    y = cm(x)  # inference still works; the folded BatchNorm has no parameter to give a gradient to
+    torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(UnsupportedError, match="backward"):
+        y.sum().backward()
+
+
+def test_optimizer_steps_refresh_values_without_recompiling():
+    model = _model()
+    x = torch.randn(16, 64)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format="csr", calibrate=False)
+    compiled = cm._primary
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    mask = model.up.weight != 0
+    for _ in range(3):
+        opt.zero_grad()
+        cm(x).pow(2).mean().backward()
+        opt.step()
+    assert cm._primary is compiled  # refreshed in place, not recompiled
+    assert torch.equal(model.up.weight != 0, mask)  # static sparse training keeps the pattern
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_mask_change_repacks():
+    model = _model()
+    x = torch.randn(16, 64)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format="csr", calibrate=False)
+    compiled = cm._primary
+    with torch.no_grad():
+        model.up.weight[0, :].fill_(0.5)  # grow: positions that were not stored
+        y = cm(x)
+    assert cm._primary is not compiled
+    torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
