@@ -33,7 +33,9 @@ def test_untrainable_graph_raises_on_backward():
     with torch.no_grad():
         model[0].weight.mul_(torch.rand_like(model[0].weight) > 0.9)
     x = torch.randn(2, 8, 12, 12)
-    cm = sparsec.sparse_compile(model, (x,), target="cpu", calibrate=False)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", calibrate=False, force_format="csr",
+                             min_weight_numel=0)
+    assert [layer.format for layer in cm.report().layers] == ["csr"]
     y = cm(x)  # inference still works; the folded BatchNorm has no parameter to give a gradient to
     torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(UnsupportedError, match="backward"):
