@@ -11,6 +11,8 @@ _TRAIN_MODULES = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnor
 
 def train_mode_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The submodules whose result differs between train() and eval() (dropout p > 0, BatchNorm)."""
+    if not isinstance(model, torch.nn.Module):
+        return []  # capture raises the error that names the problem
     return [m for m in model.modules() if isinstance(m, _TRAIN_MODULES) and getattr(m, "p", 1) != 0]
 
 
@@ -86,11 +88,17 @@ def fast_refresh(variants: list, watch) -> bool:
     Needs every changed tensor to be the same object at the same address, and each to be read directly by
     a graph or be a SparseLinear's parameter; a weight that became nonzero outside its stored positions
     (a mask change) needs a re-pack."""
+    from sparsec.compiler.pipeline import layers_of
+    from sparsec.passes.matmul_like import get_constant
+
     changed = watch.changed_tensors()
     if changed is None:
         return False
     mods = [m for v in variants for m in sparse_modules(v.module)]
-    direct = {id(t) for v in variants for t in _graph_tensors(v.module)}
+    # a dense layer's weight that changed may have become sparse: that needs format selection again
+    dense = {id(get_constant(v.module, layer.m.weight)) for v in variants for layer in layers_of(v.module)
+             if layer.format == "dense"}
+    direct = {id(t) for v in variants for t in _graph_tensors(v.module)} - dense
     by_param = {}
     for m in mods:
         for t in m.train_refs:
