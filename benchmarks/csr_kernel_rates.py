@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sparsec.bench.sections import write_section
 from sparsec.formats.registry import get_format
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 
 SHAPES = ((768, 768), (3072, 768), (768, 3072))  # (out, in) of BERT-base's encoder linears
 

@@ -20,7 +20,7 @@ from sparsec.codegen.mlir.jit import ArgRef, numpy_descriptor, torch_descriptor 
 from sparsec.codegen.spec import KernelSpec, vector_length  # noqa: E402
 from sparsec.demo import median_seconds  # noqa: E402
 from sparsec.formats.registry import get_format  # noqa: E402
-from sparsec.runtime.sparse_linear import SparseLinear  # noqa: E402
+from sparsec.targets.cpu.sparse_linear import SparseLinear  # noqa: E402
 from tests.conftest import random_weight  # noqa: E402
 
 R, C, N = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

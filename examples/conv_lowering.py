@@ -1,6 +1,6 @@
 """Which lowering for a sparse convolution? Measures the two candidates against torch's dense conv2d.
 
-1. im2col + SpMM (what sparsec ships, sparsec.runtime.sparse_conv): gather the input patches into the
+1. im2col + SpMM (what sparsec ships, sparsec.targets.cpu.sparse_conv): gather the input patches into the
    kernel's X^T layout, run the same sparse matmul kernel as a Linear (any format, fused epilogue).
 2. A direct convolution with a sparse filter: one ``linalg.generic`` over (n, f, oh, ow, c, kh, kw) whose
    filter operand carries a CSF encoding ``(f : dense, c : compressed, kh : compressed, kw : compressed)``,
@@ -25,7 +25,7 @@ from sparsec.codegen.mlir.pipeline import pipeline_text
 from sparsec.demo import timings
 from sparsec.formats import registry
 from sparsec.formats.base import aligned_copy
-from sparsec.runtime.sparse_conv import SparseConv2d
+from sparsec.targets.cpu.sparse_conv import SparseConv2d
 
 
 def best_ms(fn, repeats: int = 25) -> float:

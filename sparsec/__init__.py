@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 from sparsec.compiler.api import sparse_compile
+from sparsec.compiler.artifact import load
+from sparsec.compiler.compiled_model import CompiledModel
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.pipeline import STAGES
 from sparsec.errors import (
@@ -22,8 +24,6 @@ from sparsec.errors import (
 from sparsec.formats.base import PackedWeight, SparseFormat
 from sparsec.formats.registry import formats, get_format, register_format, unregister_format
 from sparsec.report.profile import ProfileReport, profile
-from sparsec.runtime.artifact import load
-from sparsec.runtime.compiled_model import CompiledModel
 
 __version__ = "0.1.0"
 

@@ -52,7 +52,7 @@ def _compiled(name: str, sparsity: float, parser):
     from pathlib import Path
 
     if Path(name).is_dir():
-        from sparsec.runtime.artifact import load
+        from sparsec.compiler.artifact import load
 
         return load(name)
     if name not in ("mlp", "transformer_block"):

@@ -87,7 +87,7 @@ def _layer_weights(model: torch.nn.Module, name: str) -> tuple[torch.Tensor, tor
 def layer_check(model: torch.nn.Module, report: object, threads: int, budget_s: float, seed: int) -> list[dict]:
     """Time every non-dense layer's chosen format (SparseLinear + bias) against F.linear at its N."""
     from sparsec.formats.registry import get_format
-    from sparsec.runtime.sparse_linear import SparseLinear
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
 
     rows, g = [], torch.Generator().manual_seed(seed)
     for layer in report.layers:

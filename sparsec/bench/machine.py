@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from sparsec.runtime.calibrate import cpu_name
+from sparsec.targets.cpu.calibrate import cpu_name
 
 
 def _cpu_flags() -> str:
@@ -69,7 +69,7 @@ def load_average() -> float | None:
 def machine_info(threads: int) -> dict:
     """Everything about this machine and software a timing depends on."""
     import sparsec
-    from sparsec.runtime.threads import default_threads
+    from sparsec.targets.cpu.threads import default_threads
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     mem = _mem_gib()

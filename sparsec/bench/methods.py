@@ -84,7 +84,7 @@ class WeightSuite:
 
         from sparsec.formats.facts import compute_facts
         from sparsec.formats.registry import formats
-        from sparsec.runtime.sparse_linear import SparseLinear
+        from sparsec.targets.cpu.sparse_linear import SparseLinear
 
         self.weight = weight.contiguous()
         self.pattern = pattern

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from sparsec.compiler.compiled_model import CompiledModel
 from sparsec.compiler.options import CompileOptions
 from sparsec.errors import UnsupportedError
-from sparsec.runtime.compiled_model import CompiledModel
 
 
 def resolve_target(target: str) -> str:

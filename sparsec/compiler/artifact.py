@@ -91,7 +91,7 @@ def environment() -> dict:
 
     import sparsec
     from sparsec.codegen.mlir.disk_cache import _code_version
-    from sparsec.runtime.calibrate import cpu_name
+    from sparsec.targets.cpu.calibrate import cpu_name
 
     try:
         mlir = version("torch-mlir")
@@ -201,8 +201,8 @@ def _install_kernels(path: Path, manifest: dict) -> None:
 def load(path: str | Path, model: torch.nn.Module | None = None):
     """The CompiledModel saved at ``path``; frozen, or bound to ``model`` (see the module docstring)."""
     from sparsec.compiler.capture import Captured
+    from sparsec.compiler.compiled_model import CompiledModel
     from sparsec.compiler.options import CompileOptions
-    from sparsec.runtime.compiled_model import CompiledModel
 
     path = Path(path)
     try:

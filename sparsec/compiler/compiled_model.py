@@ -28,8 +28,9 @@ from sparsec.compiler.pipeline import GPU_STAGES, STAGES, build_report, gpu_stag
 from sparsec.errors import CaptureError, InputError
 from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
-from sparsec.runtime import calibrate, training
-from sparsec.runtime.threads import default_threads
+from sparsec.runtime import training
+from sparsec.targets.cpu import calibrate
+from sparsec.targets.cpu.threads import default_threads
 
 log = logging.getLogger("sparsec")
 
@@ -118,7 +119,7 @@ class CompiledModel(torch.nn.Module):
         self._train_mods = training.train_mode_modules(model)
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
-        self._seed = seed  # a loaded artifact's program and formats (sparsec/runtime/artifact.py), used once
+        self._seed = seed  # a loaded artifact's program and formats (sparsec/compiler/artifact.py), used once
         # [the source model] when the graph would only replay it (a list: nn.Module must not register it)
         self._eager: list = []
         self._compile(args, kwargs or {})
@@ -320,17 +321,17 @@ class CompiledModel(torch.nn.Module):
             shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
             raise InputError(f"the model cannot run on input shapes {shapes}: {exc}") from exc
 
-    # --- saving (sparsec/runtime/artifact.py) -------------------------------------------------------
+    # --- saving (sparsec/compiler/artifact.py) -------------------------------------------------------
     def save(self, path) -> None:
         """Write this model as an artifact directory; ``sparsec.load(path)`` reads it back."""
-        from sparsec.runtime import artifact
+        from sparsec.compiler import artifact
 
         with self._lock:
             artifact.save(self, path)
 
     def __reduce__(self):
         # pickle / torch.save store the artifact's files; unpickling gives a frozen model
-        from sparsec.runtime import artifact
+        from sparsec.compiler import artifact
 
         with self._lock:
             return artifact.from_bytes, (artifact.to_bytes(self),)
@@ -338,7 +339,7 @@ class CompiledModel(torch.nn.Module):
     def __deepcopy__(self, memo):
         import copy
 
-        from sparsec.runtime import artifact
+        from sparsec.compiler import artifact
 
         with self._lock:
             model = copy.deepcopy(self._model[0], memo)

@@ -3,7 +3,7 @@
 Each prediction is a roofline: the larger of compute time (executed FLOPs over the rate a kernel
 family reaches) and memory time (bytes moved over bandwidth), plus a fixed per-call overhead. The rates
 are a ``Machine`` value: defaults measured on the project's 2-core Zen 4 machine (see
-benchmarks/RESULTS.md), replaced by ``sparsec.runtime.calibrate`` with figures measured on the user's
+benchmarks/RESULTS.md), replaced by ``sparsec.targets.cpu.calibrate`` with figures measured on the user's
 machine. Keeping it this small makes the selector's choice explainable in one line of the report.
 """
 

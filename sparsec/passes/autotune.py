@@ -27,10 +27,10 @@ from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
 from sparsec.passes.select import DENSE_GUARD
 from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_json
-from sparsec.runtime.calibrate import machine_key
 from sparsec.runtime.progress import progress
-from sparsec.runtime.sparse_linear import SparseLinear
-from sparsec.runtime.threads import default_threads
+from sparsec.targets.cpu.calibrate import machine_key
+from sparsec.targets.cpu.sparse_linear import SparseLinear
+from sparsec.targets.cpu.threads import default_threads
 
 #: interleaved rounds per candidate (each round: one wall-time and one 1-thread CPU-time sample set)
 ROUNDS = 3

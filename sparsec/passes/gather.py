@@ -1,7 +1,7 @@
 """gather: SDDMM ``S * (X @ B)`` and masked reductions ``(S * X).sum(dims)`` over a constant sparse S.
 
 Neither product has S as a matmul operand, so they get the COO gather kernels of
-sparsec.runtime.sparse_gather instead of the SpMM kernel. Each site becomes one call_module with a
+sparsec.targets.cpu.sparse_gather instead of the SpMM kernel. Each site becomes one call_module with a
 SparseLayer in ``node.meta["sparsec"]`` (format "coo", the facts of S), so the report lists it beside the
 matmul layers. The decision is a density threshold measured on the project machine (docs/models.md):
 the gathers move ~3 values per nonzero where dense code streams whole rows at full vector speed.
@@ -21,7 +21,7 @@ from sparsec.formats.facts import compute_facts
 from sparsec.passes.analyze import SparseLayer
 from sparsec.passes.lower import module_name
 from sparsec.passes.matmul_like import MatmulMatch, get_constant
-from sparsec.runtime.sparse_gather import SparseMaskedSum, SparseSDDMM
+from sparsec.targets.cpu.sparse_gather import SparseMaskedSum, SparseSDDMM
 
 aten = torch.ops.aten
 #: S denser than this stays dense torch (measured break-even: docs/models.md)

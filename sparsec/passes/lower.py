@@ -14,8 +14,8 @@ from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
 from sparsec.passes.matmul_like import get_constant, runtime_module
-from sparsec.runtime.threads import default_threads
-from sparsec.runtime.triton_linear import TritonLinear
+from sparsec.targets.cpu.threads import default_threads
+from sparsec.targets.gpu.triton_linear import TritonLinear
 
 
 def module_name(gm: GraphModule, layer_name: str) -> str:
@@ -76,7 +76,7 @@ def _link_parameters(gm: GraphModule, ctx: CompileContext, m, module) -> None:
     Only a plain linear whose weight (and bias) are the model's own Parameters qualifies: a folded,
     shrunk or transposed weight has no parameter to give its gradient to (the model then raises on
     backward, see CompiledModel)."""
-    from sparsec.runtime.sparse_linear import SparseLinear
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
 
     if type(module) is not SparseLinear or m.kind != "linear" or m.transposed or ctx.root is None:
         return

@@ -285,10 +285,10 @@ def example_rows(m: MatmulMatch) -> int:
 def runtime_module(m: MatmulMatch, name: str, fmt, weight: torch.Tensor, bias: torch.Tensor | None,
                    activation: str | None, has_residual: bool, threads: int) -> torch.nn.Module:
     """The runtime module that computes the fused group of ``m`` (its class depends on the kind)."""
-    from sparsec.runtime.sparse_conv import SparseConv2d
-    from sparsec.runtime.sparse_left import SparseLeft
-    from sparsec.runtime.sparse_linear import SparseLinear
-    from sparsec.runtime.sparse_rows import BucketedSparseLinear
+    from sparsec.targets.cpu.sparse_conv import SparseConv2d
+    from sparsec.targets.cpu.sparse_left import SparseLeft
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
+    from sparsec.targets.cpu.sparse_rows import BucketedSparseLinear
 
     common = (name, fmt, weight, bias, activation, has_residual, threads)
     if m.kind == "conv2d":

@@ -3,7 +3,7 @@
 torch.export captures data-dependent routing (a mixture of experts' ``torch.where(idx == e)``) with
 unbacked sizes: the tokens an expert sees have no example value in the graph, so analyze's N is a guess.
 This pass runs the graph once on the example inputs, records the real N of those layers for the cost
-model, and marks Linear layers to round N up to a bucket at run time (sparsec.runtime.sparse_rows), so
+model, and marks Linear layers to round N up to a bucket at run time (sparsec.targets.cpu.sparse_rows), so
 routing that changes on every call compiles a few kernel shapes instead of one per token count.
 """
 

@@ -16,7 +16,7 @@ from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
-from sparsec.runtime.triton_linear import gpu_family
+from sparsec.targets.gpu.triton_linear import gpu_family
 
 _DENSE = "dense"
 #: a sparse format for a weight at least this dense is chosen only after a measurement shows it faster

@@ -166,7 +166,7 @@ def _timed_calls(model, args, kwargs, repeats: int) -> tuple[float, float | None
 
 def profile(model: torch.nn.Module, inputs, kwargs: dict | None = None, repeats: int = 5) -> ProfileReport:
     """Profile ``model`` (an nn.Module or a CompiledModel) on ``inputs``; see the module docstring."""
-    from sparsec.runtime.compiled_model import CompiledModel
+    from sparsec.compiler.compiled_model import CompiledModel
 
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)

@@ -16,7 +16,7 @@ from sparsec.report.profile import LayerProfile, ProfileReport, _numel, _timed_c
 
 def _source_weight(cm, layer) -> tuple[torch.Tensor | None, bool]:
     """The layer's weight in the model the graph was compiled from, and whether it is stored [in, out]."""
-    from sparsec.runtime.artifact import Frozen
+    from sparsec.compiler.artifact import Frozen
 
     src = cm._model[0]
     if isinstance(src, Frozen):

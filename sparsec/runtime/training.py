@@ -60,7 +60,7 @@ def guard_outputs(outs, anchor: torch.Tensor):
 
 def trainable_graph(gm: torch.fx.GraphModule, model: torch.nn.Module) -> bool:
     """True when every gradient the graph's computation needs reaches the model's own tensors."""
-    from sparsec.runtime.sparse_linear import SparseLinear
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
 
     own = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
     for node in gm.graph.nodes:
@@ -115,7 +115,7 @@ def fast_refresh(variants: list, watch) -> bool:
         flat = m.trainable.flat
         if int(torch.count_nonzero(w)) != int(torch.count_nonzero(w.reshape(-1)[flat])):
             return False  # nonzeros outside the stored positions: the mask changed
-    from sparsec.runtime.sparse_grad import refresh_values
+    from sparsec.targets.cpu.sparse_grad import refresh_values
 
     for m in todo.values():
         refresh_values(m)

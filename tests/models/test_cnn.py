@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import sparsec
 from sparsec.formats import registry
-from sparsec.runtime.sparse_conv import SparseConv2d, blocks
+from sparsec.targets.cpu.sparse_conv import SparseConv2d, blocks
 from tests.conftest import assert_close, random_weight
 from tests.models import zoo
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import sparsec
 from sparsec.codegen.mlir import jit
-from sparsec.runtime.sparse_rows import BucketedSparseLinear, bucket
+from sparsec.targets.cpu.sparse_rows import BucketedSparseLinear, bucket
 from tests.conftest import assert_close
 from tests.models import zoo
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 import sparsec
 from sparsec import knobs
 from sparsec.formats import registry
-from sparsec.runtime.sparse_gather import SparseMaskedSum, SparseSDDMM
-from sparsec.runtime.sparse_left import SparseLeft
+from sparsec.targets.cpu.sparse_gather import SparseMaskedSum, SparseSDDMM
+from sparsec.targets.cpu.sparse_left import SparseLeft
 from tests.conftest import assert_close, random_weight
 from tests.models import zoo
 

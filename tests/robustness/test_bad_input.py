@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sparsec
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 from tests.conftest import assert_close
 from tests.models import zoo
 

@@ -13,7 +13,7 @@ from sparsec.compiler.options import CompileOptions
 from sparsec.demo import prune_linears
 from sparsec.formats.cost import Machine
 from sparsec.models import MLP
-from sparsec.runtime import calibrate
+from sparsec.targets.cpu import calibrate
 from tests.conftest import assert_close
 
 

@@ -13,7 +13,7 @@ import torch
 import sparsec
 from sparsec.formats.cost import DEFAULT_MACHINE
 from sparsec.passes import autotune
-from sparsec.runtime import calibrate
+from sparsec.targets.cpu import calibrate
 from tests.conftest import assert_close, random_weight
 
 #: what a first compile measured while another process ran (dense 4x below its quiet rate)

@@ -37,7 +37,7 @@ def _code_version() -> str:
     """Hash of the code generator's own source: a change to it invalidates every entry."""
     from importlib.metadata import version
 
-    from sparsec.runtime.calibrate import cpu_name
+    from sparsec.targets.cpu.calibrate import cpu_name
 
     h = hashlib.sha256()
     here = Path(__file__).parent

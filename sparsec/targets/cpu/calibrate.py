@@ -122,7 +122,7 @@ def _dense_probe(g: torch.Generator):
 def _probes(threads: int) -> dict:
     """name -> (callable, work): the rate is work / time (FLOP/s, B/s, or 1 for an overhead in s)."""
     from sparsec.formats import registry
-    from sparsec.runtime.sparse_linear import SparseLinear
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
 
     g = torch.Generator().manual_seed(0)
 

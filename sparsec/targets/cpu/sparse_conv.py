@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from sparsec import knobs
 from sparsec.errors import InputError
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 
 
 def output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:

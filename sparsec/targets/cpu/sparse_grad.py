@@ -103,7 +103,7 @@ def _transposed(module):
     """CSR of W^T (built once): the module that computes ``dz @ W`` with the forward kernels."""
     st: Trainable = module.trainable
     if st.transposed is None:
-        from sparsec.runtime.sparse_linear import SparseLinear
+        from sparsec.targets.cpu.sparse_linear import SparseLinear
 
         weight = st.refs[0].detach().float()
         wt = weight.t().contiguous()
@@ -124,7 +124,7 @@ def _twin(module):
     """The same packed weight and bias without activation or residual: recomputes z for gelu/silu."""
     st: Trainable = module.trainable
     if st.twin is None:
-        from sparsec.runtime.sparse_linear import SparseLinear
+        from sparsec.targets.cpu.sparse_linear import SparseLinear
 
         weight, bias = st.refs
         st.twin = SparseLinear(module.layer_name + ".z", module.fmt, weight.detach(),

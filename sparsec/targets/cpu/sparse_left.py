@@ -18,7 +18,7 @@ import torch
 
 from sparsec import knobs
 from sparsec.errors import InputError
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 
 
 def tile_sizes(n: int, tile: int | None = None) -> list[int]:

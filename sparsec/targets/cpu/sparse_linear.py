@@ -26,7 +26,7 @@ from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
 from sparsec.formats.cost import parallel_work
-from sparsec.runtime.threads import run_parallel
+from sparsec.targets.cpu.threads import run_parallel
 
 
 class SparseLinear(torch.nn.Module):
@@ -70,7 +70,7 @@ class SparseLinear(torch.nn.Module):
 
     def enable_training(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Route calls that need grad through ``sparsec::sparse_linear`` with grads for these parameters."""
-        from sparsec.runtime import sparse_grad
+        from sparsec.targets.cpu import sparse_grad
 
         self.trainable = sparse_grad.Trainable(self, weight, bias)
         self._handle = sparse_grad.register(self)
@@ -130,9 +130,9 @@ class SparseLinear(torch.nn.Module):
         """Run the fused layer on ``x`` [..., in]; ``residual`` [..., out] when the group fused one.
 
         With grad mode on and an input or the layer's parameters requiring grad, the call goes through
-        the autograd-capable custom op (sparsec.runtime.sparse_grad)."""
+        the autograd-capable custom op (sparsec.targets.cpu.sparse_grad)."""
         if self.train_refs is not None:
-            from sparsec.runtime import sparse_grad
+            from sparsec.targets.cpu import sparse_grad
 
             if sparse_grad.needs_grad(self, x, residual):
                 if self.trainable is None:  # slot maps cost three packs: built on the first call that needs them

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 
 
 def bucket(n: int) -> int:

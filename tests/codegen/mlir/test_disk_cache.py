@@ -13,7 +13,7 @@ import torch
 from sparsec.codegen.mlir import disk_cache, jit
 from sparsec.codegen.spec import KernelSpec
 from sparsec.formats import registry
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 from tests.conftest import assert_close, random_weight, reference
 
 SCRIPT = textwrap.dedent(
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import torch, sys
     from sparsec.codegen.mlir import jit
     from sparsec.formats import registry
-    from sparsec.runtime.sparse_linear import SparseLinear
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
     g = torch.Generator().manual_seed(0)
     w = torch.randn(24, 40, generator=g) * (torch.rand(24, 40, generator=g) < 0.3)
     x = torch.randn(6, 40, generator=g)

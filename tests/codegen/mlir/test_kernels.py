@@ -12,7 +12,7 @@ from sparsec.codegen.mlir.jit import compile_kernel
 from sparsec.codegen.spec import KernelSpec
 from sparsec.errors import KernelCompileError
 from sparsec.formats import registry
-from sparsec.runtime.sparse_linear import SparseLinear
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 from tests.conftest import assert_close, random_weight, reference
 from tests.formats.test_formats import SPARSE, _pattern_for
 

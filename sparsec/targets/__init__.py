@@ -1,0 +1,1 @@
+"""sparsec.targets: one folder per backend (cpu/, gpu/), each holding everything that backend runs."""
