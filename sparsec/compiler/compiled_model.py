@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils import _pytree as pytree
 
+from sparsec.compiler import stages as stage_text
 from sparsec.compiler.capture import Captured, capture
 from sparsec.compiler.context import CompileContext
 from sparsec.compiler.options import CompileOptions
-from sparsec.compiler.pipeline import GPU_STAGES, STAGES, build_report, gpu_stage_text, layers_of, run_passes
+from sparsec.compiler.pipeline import PASSES, STAGES, build_report, layers_of, run_passes
 from sparsec.errors import CaptureError, InputError
 from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
@@ -141,11 +142,15 @@ class CompiledModel(torch.nn.Module):
         threads = self.options.threads or default_threads()
         if self.target == "cpu" and self.options.calibrate and seed is None:  # saved formats need no rates
             ctx.machine = calibrate.machine(threads)
-            ctx.stages["calibrate"] = calibrate.describe(threads)
+            status = calibrate.describe(threads)
         elif self.target == "cpu":
             ctx.machine = dataclasses.replace(DEFAULT_MACHINE, threads=threads)
+            status = ("built-in rates: the saved model's formats are kept, so no rates are measured" if seed
+                      is not None else "built-in rates (calibrate=False)")
         else:
             ctx.machine = GPU_MACHINE
+            status = "the GPU cost model's built-in rates (uncalibrated; calibration measures the CPU only)"
+        ctx.stages["calibrate"] = stage_text.calibrate_stage_text(ctx, status)
         gm = run_passes(cap.module, ctx)
         # export's own input-constraint hook re-checks what _check_inputs and the graph's guard node
         # already check (its pytree walk cost ~25 us per call); drop it
@@ -163,6 +168,7 @@ class CompiledModel(torch.nn.Module):
         gm.graph._codegen = torch.fx.graph.CodeGen()
         gm.recompile()
         variant = _Variant(cap, gm, ctx, build_report(gm, ctx.notes), _input_specs(cap), out_spec)
+        ctx.stages["lowered"] = stage_text.lowered_stage_text(gm)
         variant.trainable = training.trainable_graph(gm, model)
         self._params = [p for p in model.parameters() if p.is_floating_point()]
         self._variants.append(variant)
@@ -170,6 +176,8 @@ class CompiledModel(torch.nn.Module):
         if len(self._variants) == 1:  # the example's variant is the one users inspect
             self._primary = variant
             self._eager = self._eager_model(model, ctx, gm, from_artifact=seed is not None)
+            if self.options.dump_dir:
+                self.dump(self.options.dump_dir)
         return variant
 
     def _eager_model(self, model, ctx: CompileContext, gm, from_artifact: bool) -> list:
@@ -181,7 +189,8 @@ class CompiledModel(torch.nn.Module):
         if any(layer.format != "dense" for layer in layers_of(gm)):
             return []
         self._eager_training = model.training
-        ctx.stages["runtime"] = "every layer is dense and no channel was removed: calls run the source model"
+        ctx.stages["lowered"] = stage_text.lowered_stage_text(
+            gm, "every layer is dense and no channel was removed: calls run the source model, not this graph")
         return [model]
 
     def refresh(self) -> None:
@@ -358,19 +367,34 @@ class CompiledModel(torch.nn.Module):
         """The per-layer report of the example inputs' variant."""
         return self._primary.report
 
+    def stages(self) -> list[str]:
+        """The name of every stage of this compile, in pipeline order (``ir(name)`` returns each one's text).
+
+        ``fx``, ``calibrate``, one per pass (the graph after it, annotated), ``lowered``, then the target's
+        codegen stages: ``mlir``, ``llvm`` on the CPU; ``triton``, ``ttgir``, ``ptx`` on the GPU targets.
+        """
+        return list(stage_text.stage_names([name for name, _ in PASSES], self.target))
+
     def ir(self, stage: str) -> str:
-        """The text of one stage for this model: one of ``sparsec.STAGES``."""
+        """The text of one stage of the example inputs' variant; ``stages()`` lists them in order.
+
+        Never empty: a stage with nothing in it (``"triton"`` when every layer stayed dense, ``"mlir"`` on a
+        GPU target) says why. Raises ValueError for a name that is no stage of any target.
+        """
         if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
-        gpu = self.target in ("gpu", "interpret")
-        if stage in GPU_STAGES and not gpu:
-            raise ValueError(f"stage {stage!r} exists for target 'gpu' or 'interpret'; this model targets the CPU")
-        if stage in ("mlir", "llvm") and gpu:
-            raise ValueError(f"stage {stage!r} exists for target 'cpu'; this model targets {self.target!r}")
-        stages = self._primary.ctx.stages
-        if stage in GPU_STAGES and stage not in stages:
-            stages[stage] = gpu_stage_text(self._primary.module, stage)
-        return stages.get(stage, "")
+            raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(self.stages())}")
+        with self._lock:
+            variant = self._primary
+            stages = variant.ctx.stages
+            if stage not in stages:  # codegen stages are built on first request (ptx compiles the kernels)
+                stages[stage] = stage_text.codegen_stage_text(variant.module, stage, self.target)
+            return stages[stage]
+
+    def dump(self, directory: str) -> list[str]:
+        """Write every stage to ``directory/NN-stage.txt`` (NN: pipeline order); returns the paths written.
+
+        A compile with the ``dump_dir`` option does this itself."""
+        return stage_text.dump(directory, [(name, self.ir(name)) for name in self.stages()])
 
     @property
     def graph_module(self) -> torch.fx.GraphModule:

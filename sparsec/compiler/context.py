@@ -17,7 +17,10 @@ class CompileContext:
     options: CompileOptions
     root: torch.nn.Module  # the user's model, whose parameters the graph reads
     target: str = "cpu"
+    #: stage name -> text (sparsec/compiler/stages.py); the pipeline fills it, ``cm.ir(name)`` reads it
     stages: dict[str, str] = field(default_factory=dict)
+    #: pass name -> what that pass did, one line per change (the top of its stage text); each pass writes its own
+    summaries: dict[str, str] = field(default_factory=dict)
     layers: list = field(default_factory=list)  # report rows, filled by select and lower
     unsupported: list[str] = field(default_factory=list)  # ops left to torch, for the report
     notes: list[str] = field(default_factory=list)  # constants seen but kept dense, and why (the report's notes)

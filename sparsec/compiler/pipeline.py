@@ -1,15 +1,19 @@
-"""The pipeline: the ordered passes, in one list, and the stage texts each leaves behind.
+"""The pipeline: the ordered passes, in one list, each leaving its stage text behind; the report.
 
-capture (torch.export) -> analyze -> select -> fuse -> lower; the report is read off the result.
+capture (torch.export, stage ``fx``) -> cleanup -> fold_bn -> shrink -> analyze -> rows -> select ->
+conv_select -> autotune -> fuse -> lower -> gather (one stage per pass: the graph after it, annotated with
+each layer's facts, format and fusion) -> ``lowered`` (the code calls run) -> the target's codegen stages
+(``mlir``/``llvm`` on the CPU, ``triton``/``ttgir``/``ptx`` on the GPU targets). ``cm.stages()`` lists a
+compile's stages in this order, ``cm.ir(name)`` returns one (sparsec/compiler/stages.py renders them); the
+per-layer report is read off the lowered graph.
 """
 
 from __future__ import annotations
 
-import os
-
 from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
+from sparsec.compiler.stages import GPU_STAGES, fx_stage_text, layers_of, pass_stage_text, stage_names
 from sparsec.formats import registry
 from sparsec.formats.cost import DEFAULT_MACHINE
 from sparsec.passes import (
@@ -55,69 +59,18 @@ PASSES = [
     ("gather", gather.run),
 ]
 
-STAGES = ("fx", "sparse", "lowered", "mlir", "llvm", "triton", "ttgir", "ptx")
-#: stages only the GPU targets produce (compiled for sm_90 on request, no GPU needed)
-GPU_STAGES = ("triton", "ttgir", "ptx")
-
-
-def sparse_stage_text(gm: GraphModule) -> str:
-    """The graph with each analyzed node's facts, format and fusion group as a comment."""
-    lines = []
-    for node in gm.graph.nodes:
-        lines.append(node.format_node() or "")
-        layer = node.meta.get("sparsec")
-        if layer is not None:
-            fused = [n.name for n in layer.fused_nodes]
-            lines.append(f"    # sparsec: {layer.name} {layer.facts.summary()}")
-            lines.append(f"    #   format={layer.format} ({layer.reason}); fused={fused or '-'}")
-    return "\n".join(lines)
+#: every stage name a compile can have, in pipeline order (a compile has the codegen stages of its target:
+#: ``cm.stages()``); sparsec/compiler/stages.py renders them
+STAGES = stage_names([name for name, _ in PASSES], "cpu") + GPU_STAGES
 
 
 def run_passes(gm: GraphModule, ctx: CompileContext) -> GraphModule:
-    """Run every pass in order, recording the stage texts users can ask for with ``ir()``."""
-    ctx.stages["fx"] = str(gm.graph)
-    for name, fn in PASSES:
-        if name == "lower":
-            ctx.stages["sparse"] = sparse_stage_text(gm)
+    """Run every pass in order, recording each stage's text (``cm.ir(name)``) as the graph changes."""
+    ctx.stages["fx"] = fx_stage_text(gm)
+    for i, (name, fn) in enumerate(PASSES, 1):
         gm = fn(gm, ctx)
-    ctx.stages["lowered"] = gm.code
-    kernels = {}
-    for layer in layers_of(gm):
-        if layer.module is not None and hasattr(layer.module, "kernels"):
-            for k in layer.module.kernels(layer.n):
-                kernels[k.spec] = k
-    ctx.stages["mlir"] = "\n".join(f"// kernel {k.spec.name}\n{k.mlir}" for k in kernels.values())
-    ctx.stages["llvm"] = "\n".join(f"// kernel {k.spec.name}\n{k.llvm}" for k in kernels.values())
-    _dump(ctx)
+        ctx.stages[name] = pass_stage_text(name, fn, i, len(PASSES), ctx.summaries.pop(name, ""), gm)
     return gm
-
-
-def gpu_stage_text(gm: GraphModule, stage: str, arch: int = 90) -> str:
-    """Triton source, or the ttgir / PTX compiled for ``sm_{arch}``, of every distinct GPU kernel."""
-    from sparsec.codegen import triton as tk
-
-    seen, parts = set(), []
-    for layer in layers_of(gm):
-        mod = layer.module
-        if mod is None or not hasattr(mod, "family"):
-            continue
-        if stage == "triton":
-            key = mod.family
-            text = tk.kernel_source(mod.family) if key not in seen else None
-        else:
-            variant = {"activation": mod.activation, "bias": mod.bias is not None, "residual": mod.has_residual}
-            if mod.family == "bsr":
-                variant["block"] = (mod.fmt.bh, mod.fmt.bw)
-            if mod.family == "nm":
-                variant["pattern"] = (mod.fmt.n, mod.fmt.m)
-            key = (mod.family, str(mod.dtype), tuple(sorted(variant.items())))
-            text = None
-            if key not in seen:
-                text = tk.compile_for_target(mod.family, arch=arch, dtype=mod.dtype, **variant)[stage]
-        if text is not None:
-            seen.add(key)
-            parts.append(f"// {layer.name}: {mod.family} kernel\n{text}")
-    return "\n".join(parts)
 
 
 def build_report(gm: GraphModule, notes: list[str] | None = None) -> Report:
@@ -150,17 +103,3 @@ def build_report(gm: GraphModule, notes: list[str] | None = None) -> Report:
         if node.op == "call_function" and "sym_size" not in str(node.target)
     ]
     return rep
-
-
-def _dump(ctx: CompileContext) -> None:
-    if not ctx.options.dump_dir:
-        return
-    os.makedirs(ctx.options.dump_dir, exist_ok=True)
-    for stage, text in ctx.stages.items():
-        with open(os.path.join(ctx.options.dump_dir, f"{stage}.txt"), "w") as f:
-            f.write(text)
-
-
-def layers_of(gm: GraphModule) -> list:
-    """The SparseLayer of every analyzed node (lowered or dense), in graph order."""
-    return [n.meta["sparsec"] for n in gm.graph.nodes if "sparsec" in n.meta]

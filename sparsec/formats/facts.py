@@ -38,7 +38,7 @@ class WeightFacts:
         return self.nnz / max(self.numel, 1)
 
     def summary(self) -> str:
-        """One line for ``ir("sparse")`` and the report."""
+        """One line for the pass stages (``ir("analyze")`` and later) and the report."""
         nm = ",".join(k for k, ok in self.nm.items() if ok) or "-"
         blocks = " ".join(f"b{b}={f:.2f}" for b, f in self.block_fill.items())
         return (

@@ -1,6 +1,6 @@
 """analyze: for every weight feeding a matmul-like op, measure density, N:M, block fill, empty rows/cols.
 
-Facts go to ``node.meta["sparsec"]`` (a SparseLayer) on the matmul node; ``ir("sparse")`` prints them.
+Facts go to ``node.meta["sparsec"]`` (a SparseLayer) on the matmul node; ``ir("analyze")`` (and every later stage) prints them.
 The example row count N (rows of the flattened activation) is recorded for the cost model.
 """
 
@@ -68,5 +68,5 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         layer = SparseLayer(name, m, facts, example_rows(m), w.dtype)
         node.meta["sparsec"] = layer
         lines.append(f"{node.name}: {name} {facts.summary()}")
-    ctx.stages["facts"] = "\n".join(lines)
+    ctx.summaries["analyze"] = "\n".join(lines)
     return gm

@@ -121,6 +121,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     threads = ctx.options.threads or default_threads()
     layers = [n.meta["sparsec"] for n in gm.graph.nodes if "sparsec" in n.meta and n.meta["sparsec"].costs]
     groups: dict[str, list] = {}
+    lines = []
     for layer in layers:
         if layer.name in ctx.pinned_formats:
             continue  # a saved artifact's choice is kept as it was measured then
@@ -129,6 +130,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         elif layer.verify and layer.format != "dense" and layer.facts.density >= DENSE_GUARD:
             layer.reason = f"dense: {layer.verify}, but no measurement confirmed it (autotune={ctx.options.autotune})"
             layer.format = "dense"
+            lines.append(f"{layer.name}: {layer.reason}")
     bar = progress(groups.items(), "sparsec autotune", total=len(groups))
     for key, members in bar:
         first = members[0]
@@ -141,6 +143,9 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             measured = _measure(gm, first, labels, threads)
             if path:
                 write_json(path, measured)
+            source = f"timed {', '.join(labels)}"
+        else:
+            source = "measurement read from the cache"
         # an implausible win (dense, 2:4 weights) is trusted only if it holds with no sparse thread scaling
         efficiency = 0.0 if first.facts.density >= DENSE_GUARD else ctx.machine.thread_efficiency
         best, why = _decide(measured, ctx.options.min_speedup, threads, efficiency)
@@ -150,7 +155,13 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
                 layer.format = best
                 because = f" (measured because {layer.verify})" if layer.verify else ""
                 layer.reason = f"autotuned: {why} at N={layer.n}{because}"
+        lines.append(f"group of {len(members)} ({', '.join(x.name for x in members)}): {source} -> {best}: {why}")
     bar.close()
+    if not groups:
+        lines.append(f"no layer timed (autotune={ctx.options.autotune!r}"
+                     + (": 'auto' times only layers select marked to verify, on the CPU)" if
+                        ctx.options.autotune == "auto" else ")"))
+    ctx.summaries["autotune"] = "\n".join(lines)
     return gm
 
 

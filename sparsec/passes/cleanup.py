@@ -38,5 +38,5 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     if removed:
         gm.graph.lint()
         gm.recompile()
-    ctx.stages["cleanup"] = "removed identity ops: " + (", ".join(removed) or "-")
+    ctx.summaries["cleanup"] = "removed identity ops: " + (", ".join(removed) or "-")
     return gm

@@ -50,5 +50,5 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
                             f"at N={layer.n} ({dense / layer.costs[best]:.1f}x)")
         layer.format = best
         lines.append(f"{node.name}: {layer.name} -> {best} ({layer.reason})")
-    ctx.stages["conv_select"] = "\n".join(lines)
+    ctx.summaries["conv_select"] = "\n".join(lines)
     return gm

@@ -127,5 +127,5 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         gm.graph.eliminate_dead_code()
         gm.graph.lint()
         gm.recompile()
-    ctx.stages["fold_bn"] = "\n".join(lines)
+    ctx.summaries["fold_bn"] = "\n".join(lines)
     return gm

@@ -79,5 +79,5 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         claimed.update(layer.fused_nodes)
         names = [n.name for n in layer.fused_nodes]
         lines.append(f"{node.name}: {layer.name} + {names or 'nothing'}")
-    ctx.stages["fuse"] = "\n".join(lines)
+    ctx.summaries["fuse"] = "\n".join(lines)
     return gm

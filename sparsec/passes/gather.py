@@ -129,6 +129,6 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     if changed:
         graph.lint()
         gm.recompile()
-    ctx.stages["gather"] = "\n".join(lines)
+    ctx.summaries["gather"] = "\n".join(lines)
     return gm
 

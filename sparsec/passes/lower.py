@@ -31,10 +31,13 @@ def module_name(gm: GraphModule, layer_name: str) -> str:
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Rewrite every non-dense layer into a SparseLinear call."""
     threads = ctx.options.threads or default_threads()
-    graph = gm.graph
+    graph, lines = gm.graph, []
     for node in list(graph.nodes):
         layer = node.meta.get("sparsec")
-        if layer is None or layer.format == "dense":
+        if layer is None:
+            continue
+        if layer.format == "dense":
+            lines.append(f"{node.name}: {layer.name} stays a torch op (dense)")
             continue
         m = layer.m
         fmt = registry.get_format(layer.format)
@@ -65,6 +68,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         layer.module = module
         if hasattr(module, "kernels"):  # CPU modules: compile the example shape's kernels now
             module.kernels(layer.n)
+        lines.append(f"{node.name}: {layer.name} ({layer.format}) -> {mod_name} ({type(module).__name__})")
+    ctx.summaries["lower"] = "\n".join(lines)
     graph.lint()
     gm.recompile()
     return gm

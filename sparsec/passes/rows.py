@@ -61,5 +61,5 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if layer.m.kind == "linear":
             layer.m.params["bucket_rows"] = True
         lines.append(f"{layer.m.node.name}: {layer.name} data-dependent N, example N={layer.n}")
-    ctx.stages["rows"] = "\n".join(lines)
+    ctx.summaries["rows"] = "\n".join(lines)
     return gm

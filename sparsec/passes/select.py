@@ -54,7 +54,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         _pin(layer, ctx)
         layer.verify = _needs_measurement(layer, ctx)
         lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
-    ctx.stages["select"] = "\n".join(lines)
+    ctx.summaries["select"] = "\n".join(lines)
     return gm
 
 

@@ -178,7 +178,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     # are rare, so test them first.
     candidates = [layer for layer in map(_layer, gm.graph.nodes) if layer is not None]
     if not any(_maybe_zero_channel(gm, *layer[1:]) for layer in candidates):
-        ctx.stages["shrink"] = "no all-zero output channel"
+        ctx.summaries["shrink"] = "no all-zero output channel"
         return gm
     groups = _Groups()
     for node in gm.graph.nodes:
@@ -237,7 +237,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     shared = [w for w in edits if len(w.users) != 1]
     if shared:  # a weight read by two layers: slicing it for one would change the other
         lines.append(f"not shrunk: weights read by several layers {[str(w.target) for w in shared]}")
-        ctx.stages["shrink"] = "\n".join(lines)
+        ctx.summaries["shrink"] = "\n".join(lines)
         return gm
     for w_node, axes in edits.items():
         t = get_constant(gm, str(w_node.target)).detach()
@@ -248,7 +248,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         gm.graph.lint()
         gm.recompile()
         ctx.shrunk = True
-    ctx.stages["shrink"] = "\n".join(lines)
+    ctx.summaries["shrink"] = "\n".join(lines)
     return gm
 
 

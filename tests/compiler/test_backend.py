@@ -36,3 +36,5 @@ def test_backend_compiles_sparse_layers():
         out = torch.compile(model, backend=spy)(torch.randn(8, 64))
     assert out.shape == (8, 32)
     assert seen and {r.format for r in seen[0].compiled.report().layers} == {"csr"}
+    # the backend's CompiledModel exposes the same stages as sparse_compile's
+    assert "select" in seen[0].compiled.stages() and "SparseLinear" in seen[0].compiled.ir("lower")

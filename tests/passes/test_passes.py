@@ -47,7 +47,7 @@ def test_analyze_finds_linear_and_in_out_weights():
     assert abs(layers["a"].facts.density - 0.05) < 0.02
     assert layers["b"].facts.density == 1.0
     assert layers["a"].n == 16
-    assert "density=" in ctx.stages["facts"]
+    assert "density=" in ctx.summaries["analyze"]
 
 
 def test_select_dense_for_dense_and_sparse_for_sparse():

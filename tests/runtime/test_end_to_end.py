@@ -63,7 +63,7 @@ def test_ir_stages():
     model = _pruned(MLP(64, 128, 32))
     cm = sparsec.sparse_compile(model, (torch.randn(8, 64),), target="cpu", force_format="csr", min_weight_numel=0)
     assert "aten.linear" in cm.ir("fx")
-    assert "# sparsec:" in cm.ir("sparse") and "density=" in cm.ir("sparse")
+    assert "# sparsec:" in cm.ir("fuse") and "density=" in cm.ir("fuse")
     assert "vector.fma" in cm.ir("mlir")  # CSR runs the register-blocked vector kernel
     assert "llvm.func" in cm.ir("llvm")
     bsr = sparsec.sparse_compile(model, (torch.randn(8, 64),), target="cpu", force_format="coo", min_weight_numel=0)
@@ -91,8 +91,11 @@ def test_weight_change_is_never_stale():
 
 def test_dump_dir(tmp_path):
     model = _pruned(MLP(64, 128, 32))
-    sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu", dump_dir=str(tmp_path), min_weight_numel=0)
-    assert {"fx.txt", "sparse.txt", "mlir.txt", "llvm.txt"} <= {p.name for p in tmp_path.iterdir()}
+    cm = sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu", dump_dir=str(tmp_path),
+                                min_weight_numel=0)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"{i:02d}-{stage}.txt" for i, stage in enumerate(cm.stages())]
+    assert (tmp_path / names[0]).read_text().startswith("# stage fx")
 
 
 def test_threads_agree():
