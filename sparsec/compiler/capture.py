@@ -9,6 +9,8 @@ remedy; nothing is swallowed.
 from __future__ import annotations
 
 import logging
+import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +62,7 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dyn
         try:
             ep = torch.export.export(model, args, kwargs)
         except Exception as exc:
-            raise CaptureError(_explain(exc)) from exc
+            raise CaptureError(_explain(exc, model, kwargs)) from exc
         return Captured(ep, ep.module(), dynamic=False)
     finally:
         for store, name, t in swapped:
@@ -83,7 +85,38 @@ def _swap_inference_tensors(model: torch.nn.Module) -> list:
     return swapped
 
 
-def _explain(exc: Exception) -> str:
+#: export's message when a model returns an object pytree cannot flatten (an HF DynamicCache, ...)
+_UNKNOWN_OUTPUT = re.compile(r"Found <class '([\w.]+)'> in output, which is not a known type")
+
+
+def _is_cache_type(qualname: str) -> bool:
+    """True when ``qualname`` names a transformers key/value cache class (DynamicCache, HybridCache, ...)."""
+    module, _, name = qualname.rpartition(".")
+    mod = sys.modules.get(module)  # the model already imported it; never import transformers here
+    cls = getattr(mod, name, None) if mod is not None else None
+    base = getattr(sys.modules.get("transformers.cache_utils"), "Cache", None)
+    if isinstance(cls, type) and base is not None:
+        return issubclass(cls, base)
+    return name.endswith("Cache")
+
+
+def _cache_enabled(model: torch.nn.Module, kwargs: dict) -> bool:
+    """The call returns a key/value cache: an HF config with use_cache on, not switched off by a keyword."""
+    if "use_cache" in kwargs:
+        return bool(kwargs["use_cache"])
+    return bool(getattr(getattr(model, "config", None), "use_cache", False))
+
+
+_CACHE_HINT = (
+    "the model returns a key/value cache ({what}), which torch.export cannot return from a graph. Compile "
+    "without it: set model.config.use_cache = False (or pass use_cache=False in the example keyword inputs "
+    "and every call), or compile a decoder with a static cache held as buffers: "
+    "transformers.integrations.executorch.TorchExportableModuleWithStaticCache(model, batch_size, max_cache_len), "
+    "called with input_ids= and cache_position= keywords"
+)
+
+
+def _explain(exc: Exception, model: torch.nn.Module | None = None, kwargs: dict | None = None) -> str:
     """Export's reason, first lines only, with what to do about the common causes."""
     text = str(exc).strip().splitlines()
     head = "\n  ".join(text[:12])
@@ -99,4 +132,10 @@ def _explain(exc: Exception) -> str:
             "the model branches or sizes a tensor on tensor values (data-dependent control flow). "
             "Rewrite the branch with torch.cond / torch.where, or keep that part outside the compiled model."
         )
+    found = _UNKNOWN_OUTPUT.search(str(exc))
+    if found and _is_cache_type(found.group(1)):
+        hint = _CACHE_HINT.format(what=found.group(1).rpartition(".")[2])
+    elif model is not None and _cache_enabled(model, kwargs or {}):
+        # the cache may break the trace before any output exists (its updates branch on the cache state)
+        hint += "\nAlso: " + _CACHE_HINT.format(what="model.config.use_cache is True")
     return f"sparsec could not capture the model ({kind}): {head}\nWhat to do: {hint}"
