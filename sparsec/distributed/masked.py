@@ -16,21 +16,29 @@ from sparsec.errors import InputError
 from sparsec.prune.masks import Mask
 
 
-def _param_masks(model: nn.Module, freeze_zeros: bool) -> dict[int, tuple[torch.Tensor, bool]]:
-    """id(parameter) -> (mask, live): live masks are sparsec.prune buffers that may change in place."""
-    out: dict[int, tuple[torch.Tensor, bool]] = {}
+class _Frozen:
+    """A mask fixed at construction (the exact zeros of a plain weight), shaped like sparsec's Mask."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+
+
+def _param_masks(model: nn.Module, freeze_zeros: bool) -> dict[int, Mask | _Frozen]:
+    """id(parameter) -> its mask holder; ``holder.mask`` is read at every step, so a sparsec.prune mask
+    that is updated in place or replaced (RigL, SET, gradual pruning) is followed."""
+    out: dict[int, Mask | _Frozen] = {}
     for module in model.modules():
         if parametrize.is_parametrized(module):
             for plist in module.parametrizations.values():
                 masks = [p for p in plist if isinstance(p, Mask)]
                 if masks:
-                    out[id(plist.original)] = (masks[0].mask, True)
+                    out[id(plist.original)] = masks[0]
     if freeze_zeros:
         for p in model.parameters():
             if id(p) not in out and p.dim() >= 2:
                 keep = p.detach() != 0
                 if not bool(keep.all()):
-                    out[id(p)] = (keep.clone(), False)
+                    out[id(p)] = _Frozen(keep.clone())
     return out
 
 
@@ -53,7 +61,8 @@ class MaskedState:
         self.process_group = process_group
         self.freeze_zeros = freeze_zeros
         self._masks = _param_masks(model, freeze_zeros)
-        self._cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        # bucket index -> (key, positions, the masks the key names: held so that their ids stay unique)
+        self._cache: dict[int, tuple[tuple, torch.Tensor | None, list]] = {}
         self.bytes_sent = 0
         self.dense_bytes = 0  # what the default hook would have sent, for comparison
 
@@ -63,27 +72,38 @@ class MaskedState:
         Call it after a mask update (RigL/SET) unless every rank updates from a shared seed.
         """
         group = self.process_group
-        for mask, _live in self._masks.values():
+        for holder in self._masks.values():
+            mask = holder.mask
             buf = mask.to(torch.uint8)
             dist.broadcast(buf, src=src, group=group)
             mask.copy_(buf.to(torch.bool))
 
+    @property
+    def density(self) -> float:
+        """Fraction of the model's parameter entries this hook sends (kept mask entries + unmasked)."""
+        sent = total = 0
+        for p in self.model.parameters():
+            holder = self._masks.get(id(p))
+            sent += p.numel() if holder is None else int(holder.mask.sum())
+            total += p.numel()
+        return sent / total if total else 1.0
+
     def _indices(self, bucket: dist.GradBucket) -> torch.Tensor | None:
         """Flat positions of the bucket's buffer to send; None when every position is kept."""
         params = bucket.parameters()
-        key = tuple((id(p), self._masks[id(p)][0]._version) if id(p) in self._masks else (id(p), -1)
-                    for p in params)
+        masks = [self._masks[id(p)].mask if id(p) in self._masks else None for p in params]
+        # a mask's identity and in-place version: any update (copy_, fill_, reassignment) changes the key
+        key = tuple((id(p), -1, -1) if m is None else (id(p), id(m), m._version) for p, m in zip(params, masks, strict=True))
         hit = self._cache.get(bucket.index())
         if hit is not None and hit[0] == key:
             return hit[1]
-        if all(id(p) not in self._masks for p in params):
+        if all(m is None for m in masks):
             idx = None
         else:
             parts, offset = [], 0
-            for p in params:
+            for p, mask in zip(params, masks, strict=True):
                 n = p.numel()
-                if id(p) in self._masks:
-                    mask = self._masks[id(p)][0]
+                if mask is not None:
                     if mask.shape != p.shape:
                         raise InputError(f"mask of shape {tuple(mask.shape)} for a parameter of shape "
                                          f"{tuple(p.shape)}")
@@ -92,7 +112,7 @@ class MaskedState:
                     parts.append(torch.arange(offset, offset + n))
                 offset += n
             idx = torch.cat(parts).to(bucket.buffer().device)
-        self._cache[bucket.index()] = (key, idx)
+        self._cache[bucket.index()] = (key, idx, masks)
         return idx
 
 

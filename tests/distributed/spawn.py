@@ -1,7 +1,13 @@
-"""Run a function on N local gloo processes (127.0.0.1, a free port), with a timeout and full cleanup."""
+"""Run a function on N local gloo processes (127.0.0.1, a free port), with a timeout and full cleanup.
+
+Processes come from a forkserver that has imported torch and sparsec once, so each run starts in about
+0.1 s instead of the several seconds a fresh interpreter takes to import them (spawn). The forkserver
+holds no state between runs and exits with the test process.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import tempfile
@@ -30,11 +36,15 @@ def _entry(rank: int, fn, world: int, port: int, outdir: str, args: tuple) -> No
         dist.destroy_process_group()
 
 
+_PRELOAD = ["torch", "torch.distributed", "torch.nn.parallel", "sparsec.distributed", "tests.distributed.spawn"]
+
+
 def run_ranks(fn, world: int, *args, timeout: float = 60.0) -> list:
     """Run ``fn(rank, world, *args)`` on ``world`` processes; return each rank's result (rank order)."""
+    multiprocessing.set_forkserver_preload(_PRELOAD)  # takes effect when the forkserver first starts
     with tempfile.TemporaryDirectory() as outdir:
         ctx = mp.start_processes(_entry, args=(fn, world, free_port(), outdir, args), nprocs=world,
-                                 join=False, start_method="spawn")
+                                 join=False, start_method="forkserver")
         try:
             # join returns False each time one process ends while others still run (and raises on a
             # failed one), so wait in a loop until all are done or the deadline passes
