@@ -51,3 +51,32 @@ def test_every_env_read_goes_through_knobs_and_the_doc_lists_every_knob():
     doc = (ROOT / "docs" / "knobs.md").read_text()
     for name, knob in knobs.KNOBS.items():
         assert f"`{name}`" in doc and (knob.env is None or knob.env in doc), name
+    assert knobs.table() in doc  # the table is regenerated, not hand-edited
+
+
+def test_no_tuning_constant_is_left_as_a_module_global():
+    """Thresholds, margins, rounds, tile sizes are knobs: no module of the compiler defines one as a global."""
+    pattern = re.compile(r"^(ROUNDS|RETRIES|CHUNK|\w*(GUARD|BAND|SPREAD|FRACTION|BUDGET|MARGIN|THRESHOLD|MAX_\w+|MIN_\w+"
+                         r"|_TILE|_AGE\w*))\s*[:=]", re.M)
+    # part of the generated code, not a tuning: the kernel cache keys on the code generator's source, so a
+    # knob here would let a cached kernel built with another value stand in silently
+    allowed = {"sparsec/codegen/mlir/emit_rowvec.py: MAX_ACCUMULATORS"}
+    found = []
+    for sub in ("passes", "targets", "compiler", "runtime", "codegen", "formats", "report"):
+        for path in (ROOT / "sparsec" / sub).rglob("*.py"):
+            found += [f"{path.relative_to(ROOT)}: {m.group(1)}" for m in pattern.finditer(path.read_text())]
+    found = [f for f in found if f not in allowed]
+    assert not found, f"tuning constants outside sparsec/knobs.py: {found}"
+
+
+def test_moved_constants_are_read_through_knobs():
+    from sparsec.codegen.triton.launch_config import csr_config
+    from sparsec.report import energy
+
+    assert csr_config(4096, 4096, 2).block_n == 128  # enough programs to fill the SMs twice
+    with knobs.scope(gpu_num_sms=10**6):  # never enough: the N tile shrinks to its floor for more programs
+        assert csr_config(4096, 4096, 2).block_n == 16
+
+    assert energy.estimate_uj(1e6, 0) == 20.0
+    with knobs.scope(pj_per_flop=1.0, pj_per_byte=0.0):
+        assert energy.estimate_uj(1e6, 1e6) == 1.0

@@ -25,15 +25,11 @@ from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
-from sparsec.passes.select import DENSE_GUARD
 from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_json
 from sparsec.runtime.progress import progress
 from sparsec.targets.cpu.calibrate import machine_key
 from sparsec.targets.cpu.sparse_linear import SparseLinear
 from sparsec.targets.cpu.threads import default_threads
-
-#: interleaved rounds per candidate (each round: one wall-time and one 1-thread CPU-time sample set)
-ROUNDS = 3
 
 
 def _group_key(layer, threads: int) -> str:
@@ -74,7 +70,7 @@ def _measure(gm: GraphModule, layer, labels: list[str], threads: int) -> dict[st
     torch_threads = torch.get_num_threads()
     for fn_many, _ in runs.values():
         fn_many()  # JIT-compile and warm every candidate before any timing
-    for _ in range(ROUNDS):
+    for _ in range(knobs.get("autotune_rounds")):  # each: a wall-time and a 1-thread CPU-time sample set
         for label, (fn_many, fn_one) in runs.items():
             wall[label] = min(wall[label], _sample(fn_many, time.perf_counter))
             torch.set_num_threads(1)
@@ -127,7 +123,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             continue  # a saved artifact's choice is kept as it was measured then
         if _wanted(layer, ctx):
             groups.setdefault(_group_key(layer, threads), []).append(layer)
-        elif layer.verify and layer.format != "dense" and layer.facts.density >= DENSE_GUARD:
+        elif layer.verify and layer.format != "dense" and layer.facts.density >= knobs.get("dense_guard"):
             layer.reason = f"dense: {layer.verify}, but no measurement confirmed it (autotune={ctx.options.autotune})"
             layer.format = "dense"
             lines.append(f"{layer.name}: {layer.reason}")
@@ -147,7 +143,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         else:
             source = "measurement read from the cache"
         # an implausible win (dense, 2:4 weights) is trusted only if it holds with no sparse thread scaling
-        efficiency = 0.0 if first.facts.density >= DENSE_GUARD else ctx.machine.thread_efficiency
+        efficiency = 0.0 if first.facts.density >= knobs.get("dense_guard") else ctx.machine.thread_efficiency
         best, why = _decide(measured, ctx.options.min_speedup, threads, efficiency)
         for layer in members:
             layer.measured = dict(measured["wall"])

@@ -5,8 +5,8 @@ every candidate and the reason each one lost, so the report can say why the winn
 
 A prediction is only as good as the calibration behind it, so two kinds of choice are marked for a
 measurement of the real layer (``layer.verify``, acted on by the autotune pass): a sparse format for a
-weight with density >= DENSE_GUARD (dense, 2:4: implausible wins that a poisoned calibration produced),
-and any layer whose best sparse prediction lies within CLOSE_BAND of dense either way.
+weight with density >= knob ``dense_guard`` (dense, 2:4: implausible wins that a poisoned calibration produced),
+and any layer whose best sparse prediction lies within knob ``close_band`` of dense either way.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule
 
+from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.targets.gpu.triton_linear import gpu_family
 
 _DENSE = "dense"
-#: a sparse format for a weight at least this dense is chosen only after a measurement shows it faster
-DENSE_GUARD = 0.5
-#: predictions of the best sparse format within this factor of dense (either way) are measured
-CLOSE_BAND = 1.5
 
 
 def _candidates(ctx: CompileContext):
@@ -121,12 +118,13 @@ def _needs_measurement(layer, ctx: CompileContext) -> str:
     """Why this layer's predicted choice must be confirmed by timing the real layer ("" when it need not)."""
     if ctx.options.force_format is not None or layer.name in ctx.pinned_formats or not layer.costs:
         return ""
-    if layer.format != _DENSE and layer.facts.density >= DENSE_GUARD:
-        return f"{layer.format} predicted faster for a weight of density {layer.facts.density:.2f} >= {DENSE_GUARD}"
+    guard, band = knobs.get("dense_guard"), knobs.get("close_band")
+    if layer.format != _DENSE and layer.facts.density >= guard:
+        return f"{layer.format} predicted faster for a weight of density {layer.facts.density:.2f} >= {guard}"
     sparse = {k: v for k, v in layer.costs.items() if k != _DENSE}
     if not sparse or _DENSE not in layer.costs:
         return ""
     ratio = layer.costs[_DENSE] / min(sparse.values())
-    if 1 / CLOSE_BAND <= ratio <= CLOSE_BAND:
-        return f"best sparse prediction {ratio:.2f}x of dense, within the {CLOSE_BAND}x band"
+    if 1 / band <= ratio <= band:
+        return f"best sparse prediction {ratio:.2f}x of dense, within the {band}x band"
     return ""

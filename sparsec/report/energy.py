@@ -3,7 +3,7 @@
 The constants are order-of-magnitude figures for a server/desktop x86 core (after Horowitz, "Computing's
 energy problem", ISSCC 2014, scaled from 45 nm to a recent process and including instruction overhead
 amortized over SIMD lanes): **20 pJ per floating-point operation** and **100 pJ per byte moved from DRAM**
-(DDR4/5 access plus interface). They rank layers and formats; they are not a measurement. RAPL
+(DDR4/5 access plus interface); knobs ``pj_per_flop`` and ``pj_per_byte``. They rank layers and formats; they are not a measurement. RAPL
 (/sys/class/powercap/intel-rapl:*/energy_uj) measures the whole package, other processes included.
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PJ_PER_FLOP = 20.0
-PJ_PER_BYTE = 100.0
+from sparsec import knobs
+
 _RAPL = Path("/sys/class/powercap")
 
 
 def estimate_uj(flops: float, nbytes: float) -> float:
     """Estimated microjoules for ``flops`` operations and ``nbytes`` bytes moved."""
-    return (flops * PJ_PER_FLOP + nbytes * PJ_PER_BYTE) * 1e-6
+    return (flops * knobs.get("pj_per_flop") + nbytes * knobs.get("pj_per_byte")) * 1e-6
 
 
 def rapl_uj() -> float | None:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from sparsec import knobs
 from sparsec.report import energy
 from sparsec.report.hwfit import mask_fit
 
@@ -63,7 +64,7 @@ class ProfileReport:
                 "effective_sparsity": 1.0 - executed / max(dense, 1), "time_us": self.total_time_us,
                 "layer_time_us": sum(x.time_us or 0.0 for x in self.layers),
                 "energy_uj_estimate": sum(x.energy_uj for x in self.layers), "energy_uj_rapl": self.rapl_uj,
-                "pj_per_flop": energy.PJ_PER_FLOP, "pj_per_byte": energy.PJ_PER_BYTE}
+                "pj_per_flop": knobs.get("pj_per_flop"), "pj_per_byte": knobs.get("pj_per_byte")}
 
     def to_json(self, indent: int | None = 1) -> str:
         """Every layer's numbers and the totals as JSON."""
@@ -94,7 +95,7 @@ class ProfileReport:
             f"total: {t['dense_flops'] / 1e6:.1f} dense MFLOP -> {t['executed_flops'] / 1e6:.1f} executed "
             f"({t['effective_sparsity']:.0%} skipped); {t['bytes_moved'] / 1e6:.2f} MB moved; call "
             f"{t['time_us']:.0f} us; energy est {t['energy_uj_estimate']:.0f} uJ "
-            f"({energy.PJ_PER_FLOP:g} pJ/FLOP, {energy.PJ_PER_BYTE:g} pJ/byte), measured {rapl}"
+            f"({knobs.get('pj_per_flop'):g} pJ/FLOP, {knobs.get('pj_per_byte'):g} pJ/byte), measured {rapl}"
         )
         return "\n".join(lines)
 

@@ -30,15 +30,15 @@ def test_calibration_measures_caches_and_survives_corruption(tmp_path, monkeypat
     assert len(files) == 1 and json.loads(files[0].read_text())["machine"]["sparse_flops"] == m.sparse_flops
     # a second process (simulated: empty memo) reads the file instead of measuring (the cheap re-check
     # of the cache is tested in test_selection_guard; load from other tests must not trigger it here)
-    monkeypatch.setattr(calibrate, "REVALIDATE_FASTER", float("inf"))
-    monkeypatch.setattr(calibrate, "_MEMO", {})
-    monkeypatch.setattr(calibrate, "measure", lambda threads: (_ for _ in ()).throw(AssertionError("remeasured")))
-    assert calibrate.machine(2) == m
-    # a corrupt file is rebuilt
-    files[0].write_text("{not json")
-    monkeypatch.setattr(calibrate, "_MEMO", {})
-    monkeypatch.setattr(calibrate, "measure", lambda threads: (dataclasses.replace(m, sparse_flops=1.0), []))
-    assert calibrate.machine(2).sparse_flops == 1.0
+    with knobs.scope(calibrate_revalidate_faster=float("inf")):
+        monkeypatch.setattr(calibrate, "_MEMO", {})
+        monkeypatch.setattr(calibrate, "measure", lambda threads: (_ for _ in ()).throw(AssertionError("remeasured")))
+        assert calibrate.machine(2) == m
+        # a corrupt file is rebuilt
+        files[0].write_text("{not json")
+        monkeypatch.setattr(calibrate, "_MEMO", {})
+        monkeypatch.setattr(calibrate, "measure", lambda threads: (dataclasses.replace(m, sparse_flops=1.0), []))
+        assert calibrate.machine(2).sparse_flops == 1.0
 
 
 def test_calibration_has_one_switch_whose_default_the_env_sets(monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import sparsec
+from sparsec import knobs
 from sparsec.formats.cost import DEFAULT_MACHINE
 from sparsec.passes import autotune
 from sparsec.targets.cpu import calibrate
@@ -40,7 +41,7 @@ def test_disturbed_calibration_is_retried_replaced_and_not_cached(fresh, monkeyp
 
     monkeypatch.setattr(calibrate, "measure", disturbed)
     m = calibrate.machine(2)
-    assert len(calls) == calibrate.RETRIES + 1
+    assert len(calls) == knobs.get("calibrate_retries") + 1
     assert m == dataclasses.replace(DEFAULT_MACHINE, threads=2)  # the built-in rates, not the poisoned ones
     assert calibrate.describe(2).startswith("disturbed: dense_flops rounds spread")
     assert not list(fresh.glob("machine-*.json"))
@@ -71,7 +72,7 @@ def test_cached_calibration_expires_and_is_revalidated(fresh, monkeypatch):
     assert calibrate.machine(2) == DEFAULT_MACHINE and calibrate.describe(2) == "measured"
     # an old one is measured again, a young and plausible one is read
     data = json.loads(path.read_text())
-    data["measured_at"] = time.time() - calibrate.MAX_AGE_S - 1
+    data["measured_at"] = time.time() - knobs.get("calibrate_max_age_s") - 1
     path.write_text(json.dumps(data))
     monkeypatch.setattr(calibrate, "_MEMO", {})
     calibrate.machine(2)

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Streaming multiprocessors of the reference card (H100 SXM: 132, A100: 108); only the order of
-# magnitude matters to the model.
-NUM_SMS = 132
-SMEM_BUDGET = 96 * 1024
+from sparsec import knobs
+
+# Streaming multiprocessors of the reference card (knob gpu_num_sms; H100 SXM: 132, A100: 108; only the
+# order of magnitude matters to the model) and the shared memory the stages may fill (knob gpu_smem_budget).
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,13 @@ def next_pow2(v: int) -> int:
 def _block_n(n_rows: int, o_tiles: int, cap: int = 128) -> int:
     # tl.dot needs >= 16 rows; shrink from the cap while the grid would leave SMs idle.
     bn = min(max(next_pow2(n_rows), 16), cap)
-    while bn > 16 and o_tiles * -(-n_rows // bn) < 2 * NUM_SMS:
+    while bn > 16 and o_tiles * -(-n_rows // bn) < 2 * knobs.get("gpu_num_sms"):
         bn //= 2
     return bn
 
 
 def _stages(bytes_per_stage: int) -> int:
-    return max(2, min(4, SMEM_BUDGET // max(bytes_per_stage, 1)))
+    return max(2, min(4, knobs.get("gpu_smem_budget") // max(bytes_per_stage, 1)))
 
 
 def _warps(acc_elems: int, elem_bytes: int) -> int:
@@ -102,7 +102,7 @@ def csr_config(n_rows: int, out_features: int, elem_bytes: int, tensor_cores: bo
 def nm_config(n_rows: int, out_features: int, m: int, elem_bytes: int, tensor_cores: bool = True) -> LaunchConfig:
     """Config for the N:M kernel: 64 (32 on narrow grids) outputs x 64 (16 without tensor cores) inputs per step."""
     block_k = max(64 if tensor_cores else 16, next_pow2(m))
-    block_o = 64 if -(-out_features // 64) * -(-n_rows // 64) >= 2 * NUM_SMS else 32
+    block_o = 64 if -(-out_features // 64) * -(-n_rows // 64) >= 2 * knobs.get("gpu_num_sms") else 32
     bn = _block_n(n_rows, -(-out_features // block_o), 128 if tensor_cores else 64)
     stage = (bn * block_k + block_k * block_o) * elem_bytes
     return LaunchConfig(block_n=bn, block_o=block_o, block_k=block_k, num_warps=_warps(bn * block_o, elem_bytes),

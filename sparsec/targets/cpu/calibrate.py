@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from sparsec import knobs
 from sparsec.formats.cost import DEFAULT_MACHINE, Machine
 from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_json
 
@@ -34,21 +35,8 @@ _MEMO: dict[str, Machine] = {}
 #: per machine key: how the Machine in _MEMO was obtained ("measured", "cached", "disturbed: ...")
 STATUS: dict[str, str] = {}
 
-#: every probe runs once per round, the rounds interleave dense and sparse probes
-ROUNDS = 3
-#: a probe whose slowest round is more than this times its fastest was disturbed
-MAX_SPREAD = 1.5
-#: the dense GEMM probe must reach this fraction of the CPU's nominal FP32 peak (quiet Zen 4: ~0.9;
-#: with one other process busy: 0.2-0.25)
-MIN_PEAK_FRACTION = 0.35
-#: other runnable processes (1-minute load average minus this one) per core that count as disturbed
-MAX_FOREIGN_LOAD_PER_CORE = 0.5
-#: measurements after a disturbed one before falling back to the built-in rates
-RETRIES = 1
-#: a cached calibration older than this is measured again (seconds)
-MAX_AGE_S = 7 * 24 * 3600
-#: a cached dense rate this many times below what one cheap probe measures now was taken disturbed
-REVALIDATE_FASTER = 1.5
+# The thresholds that decide whether a calibration run was disturbed (rounds, spread, peak fraction,
+# foreign load, retries, cache age, revalidation) are knobs: sparsec/knobs.py, "calibrate_*".
 CACHE_VERSION = 2
 
 
@@ -166,19 +154,19 @@ _CHECKED = ("dense_flops", "sparse_flops", "block_flops", "structured_flops")
 
 
 def measure(threads: int) -> tuple[Machine, list[str]]:
-    """Run the calibration probes interleaved in ROUNDS rounds; return the rates and the list of signs
+    """Run the calibration probes interleaved in ``calibrate_rounds`` rounds; return the rates and the list of signs
     that the run was disturbed (empty when it looks clean)."""
     load_before = _foreign_load()
     probes = _probes(threads)
     times: dict[str, list[float]] = {k: [] for k in probes}
-    for _ in range(ROUNDS):
+    for _ in range(knobs.get("calibrate_rounds")):
         for name, (fn, _work) in probes.items():
             times[name].append(_low_time(fn))
     problems = []
     for name in _CHECKED:
         spread = max(times[name]) / min(times[name])
-        if spread > MAX_SPREAD:
-            problems.append(f"{name} rounds spread {spread:.2f}x (> {MAX_SPREAD})")
+        if spread > knobs.get("calibrate_max_spread"):
+            problems.append(f"{name} rounds spread {spread:.2f}x (> {knobs.get('calibrate_max_spread')})")
     rates = {}
     for name, (_fn, work) in probes.items():
         best = min(times[name])
@@ -188,20 +176,20 @@ def measure(threads: int) -> tuple[Machine, list[str]]:
         rates["thread_efficiency"] = min(1.0, max(0.0, (many / one - 1) / (threads - 1)))
     rates["bandwidth"] = rates["dense_gemv_bw"]
     peak = nominal_peak_flops(threads)
-    if peak and rates["dense_flops"] < MIN_PEAK_FRACTION * peak:
+    if peak and rates["dense_flops"] < knobs.get("calibrate_min_peak_fraction") * peak:
         problems.append(
-            f"dense GEMM {rates['dense_flops'] / 1e9:.0f} GFLOP/s is below {MIN_PEAK_FRACTION:.0%} of the "
-            f"CPU's nominal {peak / 1e9:.0f}"
+            f"dense GEMM {rates['dense_flops'] / 1e9:.0f} GFLOP/s is below "
+            f"{knobs.get('calibrate_min_peak_fraction'):.0%} of the CPU's nominal {peak / 1e9:.0f}"
         )
     load = max(load_before, _foreign_load())
-    if load > MAX_FOREIGN_LOAD_PER_CORE:
+    if load > knobs.get("calibrate_max_foreign_load"):
         problems.append(f"other processes ran: load average {load:.2f} per core beyond this one")
     return dataclasses.replace(DEFAULT_MACHINE, threads=threads, **rates), problems
 
 
 def _calibrate(threads: int) -> tuple[Machine, list[str]]:
-    """Measure, retrying a disturbed run RETRIES times."""
-    for attempt in range(RETRIES + 1):
+    """Measure, retrying a disturbed run ``calibrate_retries`` times."""
+    for attempt in range(knobs.get("calibrate_retries") + 1):
         t = time.perf_counter()
         m, problems = measure(threads)
         log.info("sparsec: calibration %d took %.1f s: %s", attempt + 1, time.perf_counter() - t, m)
@@ -212,11 +200,12 @@ def _calibrate(threads: int) -> tuple[Machine, list[str]]:
 
 def _still_valid(data: dict) -> bool:
     """A cached calibration is used while it is young and its dense rate is not far below today's."""
-    if data.get("version") != CACHE_VERSION or time.time() - float(data.get("measured_at", 0)) > MAX_AGE_S:
+    age = time.time() - float(data.get("measured_at", 0))
+    if data.get("version") != CACHE_VERSION or age > knobs.get("calibrate_max_age_s"):
         return False
     fn, work = _dense_probe(torch.Generator().manual_seed(0))
     now = work / min(_low_time(fn, budget=0.01) for _ in range(2))
-    return now <= REVALIDATE_FASTER * data["machine"]["dense_flops"]
+    return now <= knobs.get("calibrate_revalidate_faster") * data["machine"]["dense_flops"]
 
 
 def machine(threads: int) -> Machine:

@@ -20,13 +20,12 @@ import weakref
 import numpy as np
 import torch
 
+from sparsec import knobs
 from sparsec.errors import UnsupportedError
 from sparsec.formats import registry
 
 _MODULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _ACT = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu, "tanh": torch.tanh}
-#: SDDMM rows of work per chunk: bounds the gather's temporary to ~CHUNK * N floats
-CHUNK = 16384
 _SPLIT = 4096  # index = (hi - 1) * _SPLIT + (lo - 1); both halves stay exact in float32
 
 
@@ -179,9 +178,10 @@ def _backward(ctx, grad):
     if need[1]:
         gt, xt = g.t().contiguous(), x2.t().contiguous()
         vals = torch.empty(st.flat.numel())
-        for s in range(0, st.flat.numel(), CHUNK):
-            r, c = st.rows[s : s + CHUNK], st.cols[s : s + CHUNK]
-            vals[s : s + CHUNK] = (gt[r] * xt[c]).sum(1)
+        chunk = knobs.get("sddmm_grad_chunk")  # bounds the gather's temporary to ~chunk * N floats
+        for s in range(0, st.flat.numel(), chunk):
+            r, c = st.rows[s : s + chunk], st.cols[s : s + chunk]
+            vals[s : s + chunk] = (gt[r] * xt[c]).sum(1)
         dw = torch.zeros(out_f * in_f).index_put_((st.flat,), vals).reshape(out_f, in_f)
     db = g.sum(0) if ctx.has_bias and need[2] else None
     dr = grad if ctx.has_residual and need[3] else None
