@@ -15,8 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="prune the built-in models to 90%%, compile, check and time them")
     d.add_argument("--sparsity", type=float, default=0.9)
     d.add_argument("--repeats", type=int, default=30)
-    i = sub.add_parser("inspect", help="print one stage of the demo model's compilation")
-    i.add_argument("stage", choices=STAGES)
+    i = sub.add_parser("inspect", help="print one stage of the demo model's compilation (cm.ir(stage))")
+    i.add_argument("stage", choices=STAGES, help="fx, calibrate, a pass (analyze, select, fuse, ...), lowered, "
+                   "mlir, llvm; triton, ttgir, ptx for GPU targets")
     i.add_argument("--model", default="mlp", help="a demo model (mlp, transformer_block) or a saved model's directory")
     r = sub.add_parser("report", help="profile a demo model or a saved model: FLOPs, bytes, time, energy, mask fit")
     r.add_argument("model", help="mlp | transformer_block | the directory of a saved model (cm.save(path))")

@@ -48,7 +48,7 @@ _TABLE: tuple[Knob, ...] = (
     Knob("cache", bool, True, "SPARSEC_CACHE", "read and write the on-disk cache (0: recompute everything)"),
     Knob("calibrate", bool, True, "SPARSEC_CALIBRATE",
          "default of CompileOptions.calibrate: measure the CPU cost-model rates (~2 s, cached)"),
-    Knob("dump_dir", str, None, "SPARSEC_DUMP_DIR", "default of CompileOptions.dump_dir: write every stage here"),
+    Knob("dump_dir", str, None, "SPARSEC_DUMP_DIR", "default of CompileOptions.dump_dir: write every stage here (NN-stage.txt)"),
     Knob("triton_interpret", bool, False, "TRITON_INTERPRET",
          "Triton's own switch: run GPU kernels in the interpreter (target='interpret' sets it per launch)"),
     Knob("progress", bool, True, "SPARSEC_PROGRESS", "progress bars on a terminal's stderr (0: never)"),

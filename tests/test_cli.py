@@ -14,6 +14,14 @@ def test_inspect_prints_mlir():
     assert "func.func @sparsec_" in out.stdout and "// kernel" in out.stdout
 
 
+def test_inspect_prints_a_pass_stage(capsys):
+    from sparsec.cli import main
+
+    assert main(["inspect", "select"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# stage select (pass ") and "#   format=" in out and "\ngraph():\n" in out
+
+
 def test_demo_runs_and_checks(capsys):
     from sparsec.demo import run_demo
 

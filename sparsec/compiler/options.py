@@ -26,7 +26,7 @@ class CompileOptions:
     min_weight_numel: int = 4096
     #: fuse bias, activation and residual into the sparse kernel
     fuse: bool = True
-    #: write every stage's text to this directory (also: env SPARSEC_DUMP_DIR)
+    #: write every stage's text (``cm.stages()`` order) to NN-stage.txt files here (default: env SPARSEC_DUMP_DIR)
     dump_dir: str | None = field(default_factory=lambda: knobs.get("dump_dir"))
     #: at most this many shape-specialized variants per compiled model before an error
     max_variants: int = 16
