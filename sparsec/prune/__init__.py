@@ -1,6 +1,7 @@
 """sparsec.prune: sparsification toolkit (prepare -> step -> finalize), masks as torch parametrizations.
 
-One-shot: MagnitudePruner, NMPruner, BlockPruner, ChannelPruner. Gradual: GradualPruner(any of those, or
+One-shot: MagnitudePruner, NMPruner, BlockPruner, ChannelPruner; from calibration data: WandaPruner /
+wanda(), SparseGPTPruner / sparsegpt(). Gradual: GradualPruner(any of those, or
 MovementPruner). Lottery tickets: LotteryTicket. Sparse training: StaticSparsifier, RigL, SET.
 ``finalize(model)`` bakes the masks into plain weights for ``sparse_compile``. See docs/prune.md.
 """

@@ -66,7 +66,12 @@ class OneShotPruner:
 
     def finalize(self) -> nn.Module:
         """Bake the masks into plain weights and return the model."""
+        if self.model is None:
+            raise RuntimeError(f"{type(self).__name__}.prepare(model, calib_batches=...) must be called first")
         return finalize(self.model)
+
+    #: torch.ao.pruning name for the same operation.
+    squash_mask = finalize
 
     def install(self, module: nn.Module, keep_2d: torch.Tensor) -> None:
         keep = keep_2d.t() if keep_2d.shape != module.parametrizations.weight.original.shape else keep_2d

@@ -115,3 +115,23 @@ def test_bad_arguments():
         prune.wanda(nn.Linear(30, 4), [torch.randn(4, 30)], pattern="4:8")
     with pytest.raises(InputError, match="tensors, tuples or dicts"):
         prune.wanda(layer, [3.0], 0.5)
+
+
+def test_class_form_keeps_masks_for_fine_tuning_then_bakes_them():
+    x = _correlated()
+    layer = _layer()
+    p = prune.SparseGPTPruner(pattern="2:4")
+    with pytest.raises(RuntimeError, match="prepare"):
+        p.step()
+    with pytest.raises(RuntimeError, match="prepare"):
+        p.finalize()
+    p.prepare(layer, calib_batches=[x])
+    p.step()
+    assert prune.get_mask(layer, "weight") is not None  # still masked: a fine-tune keeps the pattern
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).pow(2).mean().backward()
+    opt.step()
+    assert prune.is_nm_sparse(layer.weight.detach(), 2, 4)
+    out = p.squash_mask()
+    assert out is layer and prune.get_mask(layer, "weight") is None
+    assert prune.is_nm_sparse(layer.weight.detach(), 2, 4)
