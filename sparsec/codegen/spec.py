@@ -17,7 +17,8 @@ class KernelSpec:
 
     ``form`` is the loop order: ``"scatter"`` computes Y^T = W X^T with the dense N dimension
     innermost (vectorized over N; the choice for N >= 2), ``"dot"`` gathers x at the stored columns
-    of each row (the choice for N == 1). Shapes are the padded weight shape the format packs.
+    of each row (the choice for N == 1), ``"natural"`` computes Y = X W^T on X [N, in] and Y [N, out]
+    as they are (the hand BSR kernel, any N). Shapes are the padded weight shape the format packs.
     """
 
     format: str
@@ -33,14 +34,19 @@ class KernelSpec:
     #: width of the stored column indices the kernel reads (16 halves index traffic when cols <= 32767;
     #: only the hand-written CSR kernels take 16)
     index_bits: int = 32
+    #: input-dimension tile of the hand CSR kernel (0: untiled): each walk over the rows touches only
+    #: ``k_tile`` rows of X^T, so they stay in L1; the runtime passes each tile's row positions
+    k_tile: int = 0
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
-        if self.form not in ("scatter", "dot"):
-            raise ValueError(f"form {self.form!r} is not 'scatter' or 'dot'")
+        if self.form not in ("scatter", "dot", "natural"):
+            raise ValueError(f"form {self.form!r} is not 'scatter', 'dot' or 'natural'")
         if self.index_bits not in (16, 32):
             raise ValueError(f"index_bits must be 16 or 32, got {self.index_bits}")
+        if self.k_tile < 0:
+            raise ValueError(f"k_tile must be >= 0, got {self.k_tile}")
         if self.form == "dot" and self.n != 1:
             raise ValueError("the dot form computes one row (n == 1)")
 

@@ -10,6 +10,9 @@ map (positions, coordinates, values, then the dense operands), so the runtime ca
 
 from __future__ import annotations
 
+import numpy as np
+
+from sparsec import knobs
 from sparsec.codegen.mlir.mathfn import Builder, activation
 from sparsec.codegen.spec import KernelSpec
 
@@ -31,9 +34,42 @@ def segments(n: int) -> list[list[tuple[int, int]]]:
     return [segs[i : i + MAX_ACCUMULATORS] for i in range(0, len(segs), MAX_ACCUMULATORS)]
 
 
+#: default input tile: 128 columns x 64 lanes x 4 B = 32 KB of X^T per walk (see choose_k_tile)
+DEFAULT_K_TILE = 128
+
+
+def choose_k_tile(cols: int) -> int:
+    """Input columns per tile for a weight of ``cols`` columns (0: untiled); knob ``csr_k_tile`` overrides."""
+    k = knobs.get("csr_k_tile")
+    if k < 0:
+        k = DEFAULT_K_TILE
+    return 0 if k == 0 or k >= cols else k
+
+
+def tile_positions(pos: np.ndarray, crd: np.ndarray, cols: int, k_tile: int) -> np.ndarray:
+    """``tpos[t * rows + i]``: the first nonzero of row ``i`` at column >= ``t * k_tile`` (int32).
+
+    Columns are sorted within a row, so tile ``t`` of row ``i`` is ``tpos[t*rows+i] .. tpos[(t+1)*rows+i]``.
+    """
+    rows = len(pos) - 1
+    nt = -(-cols // k_tile)
+    counts = np.diff(pos.astype(np.int64))
+    key = np.repeat(np.arange(rows, dtype=np.int64), counts) * cols + crd.astype(np.int64)
+    starts = np.arange(rows, dtype=np.int64)[None, :] * cols + np.minimum(
+        np.arange(nt + 1, dtype=np.int64) * k_tile, cols)[:, None]
+    return np.searchsorted(key, starts.reshape(-1), side="left").astype(np.int32)
+
+
 def supports(spec: KernelSpec) -> bool:
     """This emitter handles CSR, in both forms."""
     return spec.level_map.replace(" ", "") == CSR_MAP.replace(" ", "")
+
+
+def num_tiles(spec: KernelSpec) -> int:
+    """How many input-dimension tiles the scatter kernel walks (1 when untiled)."""
+    if spec.form == "dot" or spec.k_tile <= 0 or spec.k_tile >= spec.cols:
+        return 1
+    return -(-spec.cols // spec.k_tile)
 
 
 def emit_rowvec_kernel(spec: KernelSpec) -> str:
@@ -45,7 +81,11 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
     r, c, n = spec.rows, spec.cols, spec.n
     xt, ot = f"memref<{c}x{n}xf32>", f"memref<{r}x{n}xf32>"
     it = f"i{spec.index_bits}"
-    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", "%val: memref<?xf32>", f"%x: {xt}"]
+    nt = num_tiles(spec)
+    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", "%val: memref<?xf32>"]
+    if nt > 1:  # tpos[t * rows + i]: the first nonzero of row i at column >= t * k_tile
+        args.append("%tpos: memref<?xi32>")
+    args.append(f"%x: {xt}")
     if spec.bias:
         args.append(f"%bias: memref<{r}xf32>")
     if spec.residual:
@@ -57,40 +97,66 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
         "  %c1 = arith.constant 1 : index",
         f"  %rows = arith.constant {r} : index",
     ]
-    # One walk over all rows per pass (not all passes per row): a pass reads only its N-segment of X^T,
-    # so for N=128 the X^T columns a walk touches are half of X^T and stay in L2 (768x3072: 39 -> see
-    # docs/kernels.md); the price is reading the row's indices and values once per pass.
+    # One walk over all rows per pass (not all passes per row): a pass reads only its N-segment of X^T.
+    # With input tiles, one walk per (pass, tile): a walk then reads k_tile x 64 lanes of X^T (L1-sized)
+    # and keeps the partial sums in the output between tiles.
     for k, passes in enumerate(segments(n)):
-        lines += [
-            "  scf.for %i = %c0 to %rows step %c1 {",
-            "    %p0i = memref.load %pos[%i] : memref<?xi32>",
-            "    %i1 = arith.addi %i, %c1 : index",
-            "    %p1i = memref.load %pos[%i1] : memref<?xi32>",
-            "    %p0 = arith.index_cast %p0i : i32 to index",
-            "    %p1 = arith.index_cast %p1i : i32 to index",
-        ]
-        if spec.bias:
-            lines.append(f"    %bs = memref.load %bias[%i] : memref<{r}xf32>")
-        lines += _pass(spec, k, passes, xt, ot, it)
-        lines.append("  }")
+        if nt == 1:
+            lines += _walk(spec, f"{k}", passes, xt, ot, it, "%pos", "%c0", "zero", True)
+            continue
+        lines.append(f"  %tb{k}_last = arith.constant {(nt - 1) * r} : index")
+        lines += _walk(spec, f"{k}f", passes, xt, ot, it, "%tpos", "%c0", "zero", nt == 1)
+        if nt > 2:
+            lines += [f"  %tlo{k} = arith.constant {r} : index",
+                      f"  %thi{k} = arith.constant {(nt - 1) * r} : index",
+                      f"  scf.for %tb{k} = %tlo{k} to %thi{k} step %rows {{"]
+            lines += ["  " + ln for ln in _walk(spec, f"{k}m", passes, xt, ot, it, "%tpos", f"%tb{k}", "load", False)]
+            lines.append("  }")
+        lines += _walk(spec, f"{k}l", passes, xt, ot, it, "%tpos", f"%tb{k}_last", "load", True)
     lines += ["  return", "}"]
     head = (f"// CSR ({CSR_MAP}) Y^T = W X^T, register-blocked by hand: the sparsifier's loop for this\n"
             "// level map stores the output once per nonzero; this one once per row segment.\n")
     return head + "module {\n" + "\n".join(lines) + "\n}\n"
 
 
+def _walk(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: str, it: str,
+          positions: str, base: str, init: str, final: bool) -> list[str]:
+    """One loop over all rows: row i walks nonzeros ``positions[base + i] .. positions[base + i + 1]``
+    (``base`` steps by ``rows`` per tile in ``tpos``), starting from zeros or the partial sums in out."""
+    lines = [
+        "  scf.for %i = %c0 to %rows step %c1 {",
+        f"    %q0 = arith.addi {base}, %i : index",
+        "    %q1 = arith.addi %q0, %c1 : index" if positions == "%pos" else "    %q1 = arith.addi %q0, %rows : index",
+        f"    %p0i = memref.load {positions}[%q0] : memref<?xi32>",
+        f"    %p1i = memref.load {positions}[%q1] : memref<?xi32>",
+        "    %p0 = arith.index_cast %p0i : i32 to index",
+        "    %p1 = arith.index_cast %p1i : i32 to index",
+    ]
+    if spec.bias and final:
+        lines.append(f"    %bs = memref.load %bias[%i] : memref<{spec.rows}xf32>")
+    lines += _pass(spec, k, segs, xt, ot, it, init, final)
+    lines.append("  }")
+    return lines
+
+
 def _vtype(width: int) -> str:
     return "f32" if width == 1 else f"vector<{width}xf32>"
 
 
-def _pass(spec: KernelSpec, k: int, segs: list[tuple[int, int]], xt: str, ot: str, it: str) -> list[str]:
+def _pass(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: str, it: str,
+          init: str = "zero", final: bool = True) -> list[str]:
     """One walk over the row's nonzeros accumulating ``segs`` in registers, then the epilogue."""
     types = [_vtype(w) for _, w in segs]
     lines = []
     for q, (off, w) in enumerate(segs):
         lines.append(f"    %o{k}_{q} = arith.constant {off} : index")
-        zero = "0.0 : f32" if w == 1 else f"dense<0.0> : {types[q]}"
-        lines.append(f"    %z{k}_{q} = arith.constant {zero}")
+        if init == "zero":
+            zero = "0.0 : f32" if w == 1 else f"dense<0.0> : {types[q]}"
+            lines.append(f"    %z{k}_{q} = arith.constant {zero}")
+        elif w == 1:
+            lines.append(f"    %z{k}_{q} = memref.load %out[%i, %o{k}_{q}] : {ot}")
+        else:
+            lines.append(f"    %z{k}_{q} = vector.load %out[%i, %o{k}_{q}] : {ot}, {types[q]}")
     iters = ", ".join(f"%a{k}_{q} = %z{k}_{q}" for q in range(len(segs)))
     lines.append(
         f"    %acc{k}:{len(segs)} = scf.for %p = %p0 to %p1 step %c1 iter_args({iters}) -> ({', '.join(types)}) {{"
@@ -114,7 +180,12 @@ def _pass(spec: KernelSpec, k: int, segs: list[tuple[int, int]], xt: str, ot: st
     lines.append(f"      scf.yield {', '.join(news)} : {', '.join(types)}")
     lines.append("    }")
     for q, (_, w) in enumerate(segs):
-        lines += _epilogue(spec, k, q, w, types[q], ot)
+        if final:
+            lines += _epilogue(spec, k, q, w, types[q], ot)
+        elif w == 1:
+            lines.append(f"    memref.store %acc{k}#{q}, %out[%i, %o{k}_{q}] : {ot}")
+        else:
+            lines.append(f"    vector.store %acc{k}#{q}, %out[%i, %o{k}_{q}] : {ot}, {types[q]}")
     return lines
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sparsec.codegen.mlir import disk_cache, emit_rowvec
+from sparsec.codegen.mlir import disk_cache, emit_bsrvec, emit_rowvec
 from sparsec.codegen.mlir.emit import emit_kernel
 from sparsec.codegen.mlir.pipeline import pipeline_text, run_pipeline, vector_pipeline_text
 from sparsec.codegen.spec import KernelSpec
@@ -119,6 +119,8 @@ def compile_kernel(spec: KernelSpec, opt_level: int = 3) -> CompiledKernel:
         t0 = time.perf_counter()
         if emit_rowvec.supports(spec):  # hand-blocked CSR: faster than the sparsifier's loop
             source, pipeline = emit_rowvec.emit_rowvec_kernel(spec), vector_pipeline_text()
+        elif emit_bsrvec.supports(spec):  # hand-blocked BSR in the natural layout
+            source, pipeline = emit_bsrvec.emit_bsrvec_kernel(spec), vector_pipeline_text()
         else:
             source = emit_kernel(spec)
             pipeline = pipeline_text(spec.vl if spec.form == "scatter" else 0)

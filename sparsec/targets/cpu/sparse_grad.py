@@ -82,6 +82,7 @@ def refresh_values(module) -> None:
         _values(packed)[slots] = w[g]
         if b is not None and bias is not None:
             b[: r1 - r0] = bias.detach().float()[r0:r1]
+    module.sync_values()
     for other in (st.twin,):
         if other is not None:
             _copy_slabs(module, other)
@@ -96,6 +97,7 @@ def _copy_slabs(src, dst) -> None:
         _values(q).copy_(_values(p))
         if b is not None and c is not None:
             c.copy_(b)
+    dst.sync_values()
 
 
 def _transposed(module):

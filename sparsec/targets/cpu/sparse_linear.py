@@ -11,10 +11,11 @@ sparse layers passes [out, N] buffers along without copies. For N == 1 the dot f
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from sparsec import knobs
-from sparsec.codegen.mlir import emit_rowvec
+from sparsec.codegen.mlir import emit_bsrvec, emit_rowvec
 from sparsec.codegen.mlir.jit import (
     ArgRef,
     CompiledKernel,
@@ -55,11 +56,23 @@ class SparseLinear(torch.nn.Module):
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
         # Weight and bias arguments never change: build their descriptors once per slab.
         names = self.fmt.lmap.buffer_names()
-        # CSR's hand-written kernels read 16-bit column indices when the columns fit: less index traffic.
-        self.index_bits = 16 if self._csr_kernel() and self.slabs[0][0].padded_shape[1] <= 32767 else 32
+        #: the hand BSR kernel reads X as [N, in] and writes Y as [N, out] (no layout copies)
+        self.natural = knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map)
+        # The hand-written kernels read 16-bit column indices when the columns fit: less index traffic.
+        hand = self._csr_kernel() or self.natural
+        self.index_bits = 16 if hand and self.slabs[0][0].padded_shape[1] <= 32767 else 32
         # the kernels' view of each slab's buffers; kept here because descriptors hold raw pointers
         self._kernel_buffers = [[self._narrow(b, p.buffers[b]) for b in names] for p, _, _ in self.slabs]
         self._fixed_args = [[ArgRef(numpy_descriptor(a)) for a in bufs] for bufs in self._kernel_buffers]
+        # CSR's scatter kernel walks the input in column tiles; each tile's row positions are one more buffer
+        self.k_tile = emit_rowvec.choose_k_tile(self.slabs[0][0].padded_shape[1]) if self._csr_kernel() else 0
+        self._tile_args: list[ArgRef] = []
+        if self.k_tile:
+            for (packed, _, _), bufs in zip(self.slabs, self._kernel_buffers, strict=True):
+                tpos = aligned_copy(emit_rowvec.tile_positions(
+                    packed.buffers[names[0]], packed.buffers[names[1]], packed.padded_shape[1], self.k_tile))
+                bufs.append(tpos)
+                self._tile_args.append(ArgRef(numpy_descriptor(tpos)))
         self._bias_args = [ArgRef(torch_descriptor(b)) if b is not None else None for _, b, _ in self.slabs]
         self._kernels: dict[int, list[CompiledKernel]] = {}
         #: training state (sparse_grad.Trainable) when lower found the parameter this weight is
@@ -96,10 +109,23 @@ class SparseLinear(torch.nn.Module):
         return emit_rowvec.supports(KernelSpec(self.fmt.label, self.fmt.level_map, 2, 2, 2))
 
     def _narrow(self, name: str, buf):
-        """The buffer as the kernel reads it: coordinates as int16 when ``index_bits`` is 16."""
+        """The buffer as the kernel reads it: coordinates as int16 when ``index_bits`` is 16; for the
+        natural BSR kernel, values with each block transposed."""
         if self.index_bits == 16 and name.startswith("crd"):
             return aligned_copy(buf.astype("int16"))
+        if self.natural and name == "values":
+            bh, bw = self.fmt.lmap.block
+            return aligned_copy(emit_bsrvec.transpose_blocks(buf, bh, bw))
         return buf
+
+    def sync_values(self) -> None:
+        """Re-derive the kernels' copies of the packed values after they changed in place (training)."""
+        if not self.natural:
+            return
+        bh, bw = self.fmt.lmap.block
+        at = self.fmt.lmap.buffer_names().index("values")
+        for (packed, _, _), bufs in zip(self.slabs, self._kernel_buffers, strict=True):
+            np.copyto(bufs[at], emit_bsrvec.transpose_blocks(packed.buffers["values"], bh, bw))
 
     def spec(self, packed: PackedWeight, n: int) -> KernelSpec:
         """The kernel spec of one slab for ``n`` rows of input."""
@@ -110,12 +136,13 @@ class SparseLinear(torch.nn.Module):
             rows=rows,
             cols=cols,
             n=n,
-            form="dot" if n == 1 else "scatter",
+            form="natural" if self.natural else "dot" if n == 1 else "scatter",
             bias=self.slabs[0][1] is not None,
             activation=self.activation,
             residual=self.has_residual,
             vl=vector_length(n) if n > 1 else 0,
             index_bits=self.index_bits,
+            k_tile=self.k_tile if n > 1 else 0,
         )
 
     def kernels(self, n: int) -> list[CompiledKernel]:
@@ -160,6 +187,8 @@ class SparseLinear(torch.nn.Module):
             return out + residual if residual is not None else out
         x2 = x.reshape(n, self.in_features)
         r2 = residual.reshape(n, self.out_features) if residual is not None else None
+        if self.natural:
+            return self._run_natural(x2, r2, n).reshape(*lead, self.out_features)
         cols = self.slabs[0][0].padded_shape[1]
         kernels = self.kernels(n)
         if n == 1:
@@ -179,7 +208,7 @@ class SparseLinear(torch.nn.Module):
         tasks, offset = [], 0
         for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
             rows = packed.padded_shape[0]
-            args = [*self._fixed_args[s], x_arg]
+            args = [*self._fixed_args[s], *(self._tile_args[s : s + 1] if n > 1 else []), x_arg]
             if self._bias_args[s] is not None:
                 args.append(self._bias_args[s])
             res = None
@@ -201,6 +230,50 @@ class SparseLinear(torch.nn.Module):
             out = self._gather_rows(out)
         y = out.reshape(1, -1) if n == 1 else out.t()
         return y.reshape(*lead, self.out_features)
+
+    def _run_natural(self, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Kernels that read X [N, in] and write their slab's columns of Y [N, out] in place."""
+        cols = self.slabs[0][0].padded_shape[1]
+        kernels = self.kernels(n)
+        if cols != self.in_features:
+            x2 = torch.nn.functional.pad(x2, (0, cols - self.in_features))
+        elif x2.stride(-1) != 1:  # the kernel takes any row stride, but unit column stride
+            x2 = x2.contiguous()
+        x_arg = ArgRef(torch_descriptor(x2))
+        total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
+        out = torch.empty(n, total_rows)
+        if knobs.get("poison_outputs"):
+            out.fill_(float("nan"))
+        tasks, offset = [], 0
+        for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
+            rows = packed.padded_shape[0]
+            args = [*self._fixed_args[s], x_arg]
+            if self._bias_args[s] is not None:
+                args.append(self._bias_args[s])
+            res = None
+            if r2 is not None:
+                if rows == r1 - r0 and r2.stride(-1) == 1:
+                    res = r2[:, r0:r1]  # a strided view: the kernel takes the row stride
+                else:
+                    res = torch.zeros(n, rows)
+                    res[:, : r1 - r0] = r2[:, r0:r1]
+                args.append(ArgRef(torch_descriptor(res)))
+            o = out[:, offset : offset + rows]
+            args.append(ArgRef(torch_descriptor(o)))
+            offset += rows
+            tasks.append(lambda k=kern, a=args, keep=(res, o, x2): k.call_refs(a))
+        if len(tasks) > 1 and parallel_work(self.stored, n) < knobs.get("parallel_min_work"):
+            for t in tasks:
+                t()
+        else:
+            run_parallel(tasks)
+        if total_rows != self.out_features:
+            parts, offset = [], 0
+            for packed, _, (r0, r1) in self.slabs:
+                parts.append(out[:, offset : offset + (r1 - r0)])
+                offset += packed.padded_shape[0]
+            out = torch.cat(parts, dim=1)
+        return out
 
     def _gather_rows(self, out: torch.Tensor) -> torch.Tensor:
         """Drop the padding rows each slab added (only when the format padded rows)."""

@@ -1,0 +1,215 @@
+"""A register-blocked BSR kernel in MLIR's vector dialect that reads X as [N, in] and writes Y as [N, out].
+
+Y[n, r0:r0+bh] = sum over the stored blocks (r0, c0) of sum_c X[n, c0+c] * W[r0:r0+bh, c0+c]. The kernel
+vectorizes along the block's rows: one vector load of a block column (the values are stored with each
+block transposed, so W[r0:r0+bh, c] is contiguous) feeds one broadcast-FMA per input row of an N-tile,
+so a weight vector is loaded once per N-tile and an x value once per block row: the sgemm micro-kernel's
+register blocking, inside each stored block. Accumulators for a tile of N rows stay in registers over the
+whole block row, then bias (a vector load), activation and residual (a contiguous row segment) are applied
+to the registers and each output row segment is stored once. No layout copies around the call; the output
+and residual may be strided views (each thread's slab writes its columns of the full [N, out] result).
+
+Buffers (sparse-assembler order of the BSR level map): positions, block-column coordinates, values (each
+block transposed, [blocks, bw, bh]), then x, bias, residual, out.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from sparsec.codegen.mlir.mathfn import Builder, activation
+from sparsec.codegen.spec import KernelSpec
+
+_BSR_RE = re.compile(
+    r"^\(i,j\)->\(ifloordiv(\d+):dense,jfloordiv(\d+):compressed,imod(\d+):dense,jmod(\d+):dense\)$"
+)
+#: vector lanes of accumulators per N-tile: 96 f32 = 12 AVX2 registers (of 16), leaving room for the
+#: weight vector and the broadcast; bh x tile <= this. Measured at 16x16, N=128 (1 thread, Zen 2):
+#: 96 lanes (6 rows) 41-53 GFLOP/s; 64 lanes 37-51; 112 and 128 lanes spill (27-38).
+#: Prefetching the next block's x lines gave nothing (the reorder window covers it).
+ACC_LANES = 96
+MAX_TILE = 12
+#: fully unrolled block columns up to this width (bigger blocks loop over their columns)
+UNROLL_BW = 32
+
+
+def block_shape(level_map: str | None) -> tuple[int, int] | None:
+    """(bh, bw) when ``level_map`` is BSR's, else None."""
+    if level_map is None:
+        return None
+    m = _BSR_RE.match(level_map.replace(" ", ""))
+    if not m or m.group(1) != m.group(3) or m.group(2) != m.group(4):
+        return None
+    return int(m.group(1)), int(m.group(2))
+
+
+def supports(spec: KernelSpec) -> bool:
+    """BSR blocks whose height is a power of two up to 64 (a whole number of vector registers)."""
+    bs = block_shape(spec.level_map)
+    return bs is not None and spec.form == "natural" and bs[0] in (1, 2, 4, 8, 16, 32, 64)
+
+
+def supports_map(level_map: str | None) -> bool:
+    """Whether a layer of this level map runs on this kernel (the runtime asks before choosing the layout)."""
+    bs = block_shape(level_map)
+    return bs is not None and bs[0] in (1, 2, 4, 8, 16, 32, 64)
+
+
+def n_tile(bh: int) -> int:
+    """Input rows per register tile for blocks ``bh`` high."""
+    return max(1, min(MAX_TILE, ACC_LANES // bh))
+
+
+def transpose_blocks(values: np.ndarray, bh: int, bw: int) -> np.ndarray:
+    """The BSR values with each bh x bw block transposed (what this kernel reads)."""
+    return np.ascontiguousarray(values.reshape(-1, bh, bw).transpose(0, 2, 1)).reshape(-1)
+
+
+def emit_bsrvec_kernel(spec: KernelSpec, ft: str = "f32") -> str:
+    """MLIR text of the natural-layout BSR kernel for ``spec`` (element type ``ft``)."""
+    if not supports(spec):
+        raise ValueError(f"the BSR vector kernel handles BSR in the natural form, not {spec.format}/{spec.form}")
+    bh, bw = block_shape(spec.level_map)  # type: ignore[misc]
+    r, c, n = spec.rows, spec.cols, spec.n
+    vt = ft if bh == 1 else f"vector<{bh}x{ft}>"
+    xt = f"memref<{n}x{c}x{ft}, strided<[?, 1]>>"
+    ot = f"memref<{n}x{r}x{ft}, strided<[?, 1]>>"
+    it = f"i{spec.index_bits}"
+    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", f"%val: memref<?x{ft}>", f"%x: {xt}"]
+    if spec.bias:
+        args.append(f"%bias: memref<{r}x{ft}>")
+    if spec.residual:
+        args.append(f"%res: {ot}")
+    args.append(f"%out: {ot}")
+    t = n_tile(bh)
+    full, rem = divmod(n, t)
+    lines = [
+        f"func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }} {{",
+        "  %c0 = arith.constant 0 : index",
+        "  %c1 = arith.constant 1 : index",
+        f"  %cbw = arith.constant {bw} : index",
+        f"  %cbh = arith.constant {bh} : index",
+        f"  %cblk = arith.constant {bh * bw} : index",
+        f"  %nbr = arith.constant {r // bh} : index",
+        f"  %zero = arith.constant {'0.0 : ' + ft if bh == 1 else f'dense<0.0> : {vt}'}",
+        "  scf.for %br = %c0 to %nbr step %c1 {",
+        "    %br1 = arith.addi %br, %c1 : index",
+        "    %p0i = memref.load %pos[%br] : memref<?xi32>",
+        "    %p1i = memref.load %pos[%br1] : memref<?xi32>",
+        "    %p0 = arith.index_cast %p0i : i32 to index",
+        "    %p1 = arith.index_cast %p1i : i32 to index",
+        "    %r0 = arith.muli %br, %cbh : index",
+    ]
+    if spec.bias:
+        load = (f"memref.load %bias[%r0] : memref<{r}x{ft}>" if bh == 1
+                else f"vector.load %bias[%r0] : memref<{r}x{ft}>, {vt}")
+        lines.append(f"    %bv = {load}")
+    if full:
+        lines += [f"    %nfull = arith.constant {full * t} : index",
+                  f"    %ct = arith.constant {t} : index",
+                  "    scf.for %n0 = %c0 to %nfull step %ct {"]
+        lines += _tile(spec, "m", t, bh, bw, vt, xt, ot, it, ft, "%n0", "      ")
+        lines.append("    }")
+    if rem:
+        lines.append(f"    %nrem = arith.constant {full * t} : index")
+        lines += _tile(spec, "r", rem, bh, bw, vt, xt, ot, it, ft, "%nrem", "    ")
+    lines += ["  }", "  return", "}"]
+    head = (f"// BSR {bh}x{bw}, Y = X W^T in the natural layout, register-blocked by hand "
+            f"({t} input rows x {bh} output lanes per tile).\n")
+    return head + "module {\n" + "\n".join(lines) + "\n}\n"
+
+
+def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: str, ot: str, it: str,
+          ft: str, n0: str, ind: str) -> list[str]:
+    """``rows`` input rows from ``n0``: walk the block row's blocks with the accumulators in registers.
+
+    With fewer than 4 rows the FMA chains would wait on each other: block columns then alternate between
+    ``split`` accumulator sets (summed before the epilogue)."""
+    split = max(1, -(-4 // rows)) if bw > 1 else 1
+    split = min(split, bw)
+    nacc = rows * split
+    lines = []
+    for j in range(rows):
+        lines.append(f"{ind}%n{tag}{j} = arith.addi {n0}, %c{j}_{tag} : index" if j else f"{ind}%n{tag}0 = arith.addi {n0}, %c0 : index")
+    consts = [f"{ind}%c{j}_{tag} = arith.constant {j} : index" for j in range(1, max(rows, bw if bw <= UNROLL_BW else 1))]
+    lines = consts + lines
+    types = ", ".join([vt] * nacc)
+    iters = ", ".join(f"%a{tag}{q} = %zero" for q in range(nacc))
+    lines += [
+        f"{ind}%acc{tag}:{nacc} = scf.for %p = %p0 to %p1 step %c1 iter_args({iters}) -> ({types}) {{",
+        f"{ind}  %kbi = memref.load %crd[%p] : memref<?x{it}>",
+        f"{ind}  %kb = arith.index_castui %kbi : {it} to index",
+        f"{ind}  %col0 = arith.muli %kb, %cbw : index",
+        f"{ind}  %vb0 = arith.muli %p, %cblk : index",
+    ]
+    cur = [f"%a{tag}{q}" for q in range(nacc)]
+    if bw <= UNROLL_BW:
+        for cc in range(bw):
+            s = cc % split
+            body, new = _column(tag, f"{cc}", rows, s, cur, bh, vt, xt, ft, ind + "  ",
+                                f"%c{cc}_{tag}" if cc else "%c0")
+            lines += body
+            cur = new
+        lines.append(f"{ind}  scf.yield {', '.join(cur)} : {types}")
+    else:  # wide blocks: loop over the block's columns (one accumulator set)
+        inner = [f"%b{tag}{q}" for q in range(rows)]
+        it_args = ", ".join(f"{inner[q]} = {cur[q]}" for q in range(rows))
+        lines.append(f"{ind}  %in{tag}:{rows} = scf.for %cc = %c0 to %cbw step %c1 iter_args({it_args}) "
+                     f"-> ({', '.join([vt] * rows)}) {{")
+        body, new = _column(tag, "l", rows, 0, inner + cur[rows:], bh, vt, xt, ft, ind + "    ", "%cc")
+        lines += body
+        lines.append(f"{ind}    scf.yield {', '.join(new[:rows])} : {', '.join([vt] * rows)}")
+        lines.append(f"{ind}  }}")
+        outs = [f"%in{tag}#{q}" for q in range(rows)] + cur[rows:]
+        lines.append(f"{ind}  scf.yield {', '.join(outs)} : {types}")
+    lines.append(f"{ind}}}")
+    for j in range(rows):
+        lines += _epilogue(spec, tag, j, [f"%acc{tag}#{s * rows + j}" for s in range(split)], vt, ot, ind)
+    return lines
+
+
+def _column(tag: str, cc: str, rows: int, s: int, cur: list[str], bh: int, vt: str, xt: str, ft: str,
+            ind: str, cidx: str) -> tuple[list[str], list[str]]:
+    """One block column: load W[r0:r0+bh, col] once, one broadcast-FMA per input row of the tile."""
+    lines = [
+        f"{ind}%wo{cc} = arith.muli {cidx}, %cbh : index",
+        f"{ind}%wi{cc} = arith.addi %vb0, %wo{cc} : index",
+        f"{ind}%xc{cc} = arith.addi %col0, {cidx} : index",
+    ]
+    if bh == 1:
+        lines.append(f"{ind}%w{cc} = memref.load %val[%wi{cc}] : memref<?x{ft}>")
+    else:
+        lines.append(f"{ind}%w{cc} = vector.load %val[%wi{cc}] : memref<?x{ft}>, {vt}")
+    new = list(cur)
+    for j in range(rows):
+        q = s * rows + j
+        lines.append(f"{ind}%x{cc}_{j} = memref.load %x[%n{tag}{j}, %xc{cc}] : {xt}")
+        if bh == 1:
+            lines.append(f"{ind}%m{cc}_{j} = arith.mulf %x{cc}_{j}, %w{cc} : {ft}")
+            lines.append(f"{ind}%f{cc}_{j} = arith.addf {cur[q]}, %m{cc}_{j} : {ft}")
+        else:
+            lines.append(f"{ind}%xb{cc}_{j} = vector.broadcast %x{cc}_{j} : {ft} to {vt}")
+            lines.append(f"{ind}%f{cc}_{j} = vector.fma %xb{cc}_{j}, %w{cc}, {cur[q]} : {vt}")
+        new[q] = f"%f{cc}_{j}"
+    return lines, new
+
+
+def _epilogue(spec: KernelSpec, tag: str, j: int, parts: list[str], vt: str, ot: str, ind: str) -> list[str]:
+    """Sum the accumulator sets of input row ``j``; bias, activation, residual in registers; one store."""
+    b = Builder(vt, indent=ind, prefix=f"e{tag}{j}_")
+    v = parts[0]
+    for p in parts[1:]:
+        v = b.op("arith.addf", v, p)
+    if spec.bias:
+        v = b.op("arith.addf", v, "%bv")
+    v = activation(b, spec.activation, v)
+    vec = vt.startswith("vector")
+    at = f"%n{tag}{j}, %r0"
+    if spec.residual:
+        rv = b._fresh()
+        b.lines.append(f"{ind}{rv} = " + (f"vector.load %res[{at}] : {ot}, {vt}" if vec else f"memref.load %res[{at}] : {ot}"))
+        v = b.op("arith.addf", v, rv)
+    b.lines.append(f"{ind}" + (f"vector.store {v}, %out[{at}] : {ot}, {vt}" if vec else f"memref.store {v}, %out[{at}] : {ot}"))
+    return b.lines

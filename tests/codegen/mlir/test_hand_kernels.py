@@ -1,0 +1,114 @@
+"""The hand-scheduled vector kernels (CSR tiled by input columns, ...) against dense torch.
+
+Odd shapes on purpose: N of 1, 3, 65 (segments of 16/8/4/1 lanes), out/in not multiples of any vector
+width or tile, empty rows, a fully-empty weight, tiles smaller than a row's span; outputs start as NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsec import knobs
+from sparsec.codegen.mlir import emit_rowvec
+from sparsec.formats import registry
+from sparsec.formats.bsr import BSR
+from sparsec.runtime.sparse_linear import SparseLinear
+from tests.conftest import assert_close, random_weight, reference
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 70),
+    cols=st.integers(1, 150),
+    n=st.sampled_from([1, 2, 3, 17, 65]),
+    density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+    k_tile=st.sampled_from([0, 1, 7, 16, 64]),
+    bias=st.booleans(),
+    act=st.sampled_from([None, "relu", "gelu"]),
+    residual=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 1000),
+)
+def test_tiled_csr_matches_dense(rows, cols, n, density, k_tile, bias, act, residual, threads, seed):
+    w = random_weight(rows, cols, density, seed)
+    w[seed % rows] = 0  # always one empty row
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, cols, generator=g)
+    b = torch.randn(rows, generator=g) if bias else None
+    r = torch.randn(n, rows, generator=g) if residual else None
+    with knobs.scope(csr_k_tile=k_tile):
+        layer = SparseLinear("t", registry.get_format("csr"), w, b, act, residual, threads=threads)
+    assert layer.k_tile == (0 if k_tile >= cols else k_tile)
+    got = layer(x, r) if residual else layer(x)
+    assert_close(got, reference(x, w, b, act, r))
+
+
+@pytest.mark.parametrize("n", [1, 3, 65, 128])
+def test_tiled_csr_bert_shape_and_empty_weight(n):
+    w = random_weight(96, 768, 0.1, 4)
+    x = torch.randn(n, 768)
+    layer = SparseLinear("t", registry.get_format("csr"), w, None, None, False)
+    assert layer.k_tile == emit_rowvec.DEFAULT_K_TILE
+    assert_close(layer(x), reference(x, w))
+    empty = torch.zeros(33, 300)
+    layer = SparseLinear("e", registry.get_format("csr"), empty, torch.ones(33), "gelu", False)
+    assert_close(layer(x[:, :300]), reference(x[:, :300], empty, torch.ones(33), "gelu"))
+
+
+def test_tile_positions_split_each_row_at_tile_starts():
+    pos = np.array([0, 3, 3, 5], dtype=np.int32)
+    crd = np.array([0, 4, 9, 5, 6], dtype=np.int32)  # rows: {0,4,9}, {}, {5,6}
+    tpos = emit_rowvec.tile_positions(pos, crd, cols=10, k_tile=5)
+    # tile starts 0, 5, 10 (end): row 0 -> 0,2,3; row 1 -> 3,3,3; row 2 -> 3,3,5
+    assert tpos.reshape(3, 3).T.tolist() == [[0, 2, 3], [3, 3, 3], [3, 3, 5]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    block=st.sampled_from([4, 8, 16, 32]),
+    rows=st.integers(1, 70),
+    cols=st.integers(1, 100),
+    n=st.sampled_from([1, 3, 6, 7, 13, 65]),
+    density=st.sampled_from([0.0, 0.2, 1.0]),
+    bias=st.booleans(),
+    act=st.sampled_from([None, "relu", "gelu", "silu"]),
+    residual=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 1000),
+)
+def test_natural_bsr_matches_dense(block, rows, cols, n, density, bias, act, residual, threads, seed):
+    w = random_weight(rows, cols, density, seed, f"block{block}")
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, cols, generator=g)
+    b = torch.randn(rows, generator=g) if bias else None
+    r = torch.randn(n, rows, generator=g) if residual else None
+    fmt = BSR(block) if block == 4 else registry.get_format(f"bsr{block}x{block}")  # 4x4 is not registered
+    layer = SparseLinear("t", fmt, w, b, act, residual, threads=threads)
+    assert layer.natural and layer.kernels(n)[0].spec.form == "natural"
+    got = layer(x, r) if residual else layer(x)
+    assert_close(got, reference(x, w, b, act, r))
+
+
+def test_natural_bsr_strided_input_and_value_refresh():
+    """A transposed (column-strided) input; packed values changed in place reach the kernel's copy."""
+    w = random_weight(64, 48, 0.5, 7, "block16")
+    layer = SparseLinear("t", registry.get_format("bsr16x16"), w, None, None, False, threads=2)
+    x = torch.randn(48, 5).t()
+    assert_close(layer(x), reference(x, w))
+    for packed, _, _ in layer.slabs:
+        packed.buffers["values"] *= 2.0
+    layer.sync_values()
+    assert_close(layer(x), reference(x, 2.0 * w))
+
+
+def test_natural_bsr_off_by_knob_uses_sparsifier():
+    w = random_weight(32, 32, 0.5, 8, "block8")
+    with knobs.scope(bsr_vector_kernel=False):
+        layer = SparseLinear("t", registry.get_format("bsr8x8"), w, None, None, False)
+    assert not layer.natural and layer.kernels(4)[0].spec.form == "scatter"
+    x = torch.randn(4, 32)
+    assert_close(layer(x), reference(x, w))
