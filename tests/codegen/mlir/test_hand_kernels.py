@@ -11,12 +11,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sparsec.runtime.sparse_linear import SparseLinear
 
 from sparsec import knobs
 from sparsec.codegen.mlir import emit_rowvec
 from sparsec.formats import registry
 from sparsec.formats.bsr import BSR
+from sparsec.targets.cpu.sparse_linear import SparseLinear
 from tests.conftest import assert_close, random_weight, reference
 
 
