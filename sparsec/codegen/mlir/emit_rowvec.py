@@ -34,16 +34,13 @@ def segments(n: int) -> list[list[tuple[int, int]]]:
     return [segs[i : i + MAX_ACCUMULATORS] for i in range(0, len(segs), MAX_ACCUMULATORS)]
 
 
-#: default input tile: 128 columns x 64 lanes x 4 B = 32 KB of X^T per walk (see choose_k_tile)
-DEFAULT_K_TILE = 128
-
-
 def choose_k_tile(cols: int) -> int:
-    """Input columns per tile for a weight of ``cols`` columns (0: untiled); knob ``csr_k_tile`` overrides."""
+    """Input columns per tile for a weight of ``cols`` columns (0: untiled), from knob ``csr_k_tile``.
+
+    The default 128 columns x 64 lanes x 4 B = 32 KB of X^T per walk (L1). The tile is part of the
+    KernelSpec, so the kernel cache never mixes kernels of different tiles."""
     k = knobs.get("csr_k_tile")
-    if k < 0:
-        k = DEFAULT_K_TILE
-    return 0 if k == 0 or k >= cols else k
+    return 0 if k <= 0 or k >= cols else k
 
 
 def tile_positions(pos: np.ndarray, crd: np.ndarray, cols: int, k_tile: int) -> np.ndarray:
