@@ -41,9 +41,10 @@ class Machine:
 
 DEFAULT_MACHINE = Machine()
 
-#: below this much work a kernel call runs on one thread: a handoff to the runtime's pool costs 20-40 us,
-#: about what a kernel does with 2M multiply-adds at N >= 8 (99%-sparse 3072x768 at N=64 ran 9.8x dense
-#: with two threads, 15.9x with one). The runtime (SparseLinear) and the cost model share it.
+# Knob parallel_min_work (default 2M): below that much work a kernel call runs on one thread: a handoff to
+# the runtime's pool costs 20-40 us, about what a kernel does with 2M multiply-adds at N >= 8 (99%-sparse
+# 3072x768 at N=64 ran 9.8x dense with two threads, 15.9x with one). The runtime (SparseLinear) and the
+# cost model share it.
 
 
 def parallel_work(stored: int, n: int) -> int:
