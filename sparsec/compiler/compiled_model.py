@@ -142,7 +142,7 @@ class CompiledModel(torch.nn.Module):
         threads = self.options.threads or default_threads()
         if self.target == "cpu" and self.options.calibrate and seed is None:  # saved formats need no rates
             ctx.machine = calibrate.machine(threads)
-            status = calibrate.describe(threads)
+            status = f"calibration at {threads} thread(s): {calibrate.describe(threads)}"
         elif self.target == "cpu":
             ctx.machine = dataclasses.replace(DEFAULT_MACHINE, threads=threads)
             status = ("built-in rates: the saved model's formats are kept, so no rates are measured" if seed
