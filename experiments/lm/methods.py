@@ -184,3 +184,20 @@ def imp_control(ctx: Ctx, seed: int, sparsity: float, masks: dict[str, torch.Ten
     """The IMP mask with fresh random weights (another init seed), trained from scratch for the dense budget."""
     return from_scratch(ctx, seed, prune.StaticSparsifier(sparsity, masks=masks), lr, init_seed=seed + 500,
                         speed=speed)
+
+
+def feature_norm_spread(ctx: Ctx, state: dict, seed: int) -> dict[str, float]:
+    """Per layer kind, the largest max/median ratio of the input-feature norms ||X_j|| on the calibration
+    data: how much Wanda's |W|·||X|| can differ from plain magnitude (1 everywhere = no difference)."""
+    from sparsec.prune.calib import collect
+
+    model = fresh_copy(ctx.setup, state, seed).eval()
+    mods = dict(model.named_modules())
+    stats = collect(model, {n: mods[n] for n in prunable_names(model)}, calibration(ctx.corpus, ctx.setup, seed),
+                    lambda x: (x * x).sum(0))
+    out: dict[str, float] = {}
+    for name, sq in stats.items():
+        norms = sq.sqrt()
+        kind = name.split(".")[-1]
+        out[kind] = max(out.get(kind, 0.0), float(norms.max() / norms.median()))
+    return out

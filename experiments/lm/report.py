@@ -120,7 +120,7 @@ def write_markdown(rows: Rows, claims: list[dict], config: dict, path: Path) -> 
         f"run took {config['elapsed_s'] / 60:.1f} min with the 1-minute load average between "
         f"{config['load_min']:.1f} and {config['load_max']:.1f} on a 2-core machine; "
         f"{config['cache']['hits']} of {config['cache']['hits'] + config['cache']['misses']} runs came from the "
-        f"cache `{config['cache']['key']}`; torch {config['versions']['torch']}, transformers "
+        f"cache `{config['cache']['key']}`; the reported runs' own times add up to {config['run_seconds'] / 60:.1f} min; torch {config['versions']['torch']}, transformers "
         f"{config['versions']['transformers']}, Python {config['versions']['python']}).",
         "",
         f"**Data.** Every `.py` file under `{config['stdlib']}` except `site-packages` and the test suites "
@@ -166,6 +166,14 @@ def write_markdown(rows: Rows, claims: list[dict], config: dict, path: Path) -> 
         "one seed prune the same dense model). A gap smaller than the standard deviations shown is within "
         "noise, whichever way it goes. A failing claim is reported as it came out: nothing was re-tuned on test.",
         "",
+        "What Wanda's metric can add to magnitude here: the largest max/median ratio of the input-feature "
+        "norms ‖X_j‖ over the calibration data of the dense model (seed 0), by layer kind: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in config["feature_norm_spread"].items())
+        + ". Wanda's gains in its paper come from a few input features with much larger norms than the rest "
+        "(outlier features of large LLMs); where the norms are even, |W|·‖X‖ ranks each row almost as |W| "
+        "does, and its per-row comparison differs from the per-layer magnitude baseline mainly by forcing "
+        "the same sparsity in every row.",
+        "",
         f"## Results (mean ± std over {n} seed{'s' if n > 1 else ''})",
         "",
         "Steps = training steps of the run (post-training methods: after the dense pretraining; IMP: all its "
@@ -205,26 +213,25 @@ def plot(rows: Rows, path: Path) -> None:
     dense = get(rows, "dense", 0.0)
     d = stats(dense)[0] if dense else None
     ax = axes[0]
-    width = 0.13
     for i, lab in enumerate(LABELS):
-        for j, (suffix, hatch) in enumerate(((", no fine-tune", ""), (" + fine-tune", "//"))):
+        for j, (suffix, marker) in enumerate(((", no fine-tune", "o"), (" + fine-tune", "s"))):
             xs, ys, es = [], [], []
             for k, pattern in enumerate(("50%", "2:4", "4:8")):
                 runs = get(rows, f"{lab} {pattern}{suffix}", 0.5)
                 if runs:
                     m, sd = stats(runs)
-                    xs.append(k + (2 * i + j - 2.5) * width)
+                    xs.append(k + (2 * i + j - 2.5) * 0.12)
                     ys.append(m)
                     es.append(sd)
-            ax.bar(xs, ys, width, yerr=es, color=f"C{i}", hatch=hatch, edgecolor="k", linewidth=0.4,
-                   label=f"{lab}{suffix}")
+            ax.errorbar(xs, ys, yerr=es, fmt=marker, color=f"C{i}", capsize=3, mfc="white" if j else f"C{i}",
+                        label=f"{lab}{suffix}")
     if d:
         ax.axhline(d, color="k", ls="--", lw=1, label="dense")
     ax.set_xticks(range(3), ["50% unstructured", "2:4", "4:8"])
     ax.set_yscale("log")
     ax.set_ylabel("test perplexity (bytes, log scale)")
-    ax.set_title("one-shot pruning at 50%")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("one-shot pruning at 50% (mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     ax = axes[1]
     families = {}
     for (name, sp), runs in rows.items():

@@ -28,7 +28,18 @@ import transformers  # noqa: E402
 from cache import Cache  # noqa: E402
 from common import Evaluator, Setup, fresh_copy  # noqa: E402
 from data import load_corpus  # noqa: E402
-from methods import Ctx, Run, dense, dense_fine_tune, from_scratch, gradual, imp_control, lottery, one_shot  # noqa: E402
+from methods import (  # noqa: E402
+    Ctx,
+    Run,
+    dense,
+    dense_fine_tune,
+    feature_norm_spread,
+    from_scratch,
+    gradual,
+    imp_control,
+    lottery,
+    one_shot,
+)
 from report import check_claims, plot, write_markdown  # noqa: E402
 from speed import measure  # noqa: E402
 
@@ -51,6 +62,13 @@ IMP_SCHEDULE = [0.5, 0.8]
 def pick(grid, trials: dict):
     """The grid value whose runs have the lowest mean validation perplexity (the first one on ties)."""
     return min(grid, key=lambda v: statistics.mean(r.val for r in trials[v]))
+
+
+def run_seconds(rows: dict[tuple[str, float], list[Run]]) -> float:
+    """Compute time of the reported runs, cached or not (a no-fine-tune row and IMP's middle round are
+    contained in their successor's time; unchosen grid trials are not counted)."""
+    return sum(r.seconds for (name, sp), runs in rows.items() for r in runs
+               if not name.endswith("no fine-tune") and not (name.startswith("IMP, rewind") and sp != IMP_SCHEDULE[-1]))
 
 
 def main() -> None:
@@ -107,6 +125,7 @@ def main() -> None:
             run = replace(run, speed=cache.get("speed-dense", lambda s=s: measure(fresh_copy(setup, states[s], s),
                                                                               example)))
         add("dense", 0.0, run)
+    spread = feature_norm_spread(ctx, states[seeds[0]], seeds[0])
     log(f"dense done, lr={lr:g} (val ppl {[round(t[0].val, 3) for t in trials.values()]} for {lr_grid})")
 
     # One fine-tuning rate for every post-training method, picked on validation for magnitude 2:4, seed 0.
@@ -175,8 +194,9 @@ def main() -> None:
     elapsed = time.time() - start
     config = {"seeds": seeds, "setup": asdict(setup), "lr": lr, "lr_grid": lr_grid, "ft_lr": ft_lr,
               "ft_lr_factors": ft_factors, "rigl_interval": dt, "interval_grid": intervals,
-              "imp_schedule": IMP_SCHEDULE, "quick": args.quick, "elapsed_s": round(elapsed, 1),
-              "load_min": min(loads), "load_max": max(loads), "load_mean": statistics.mean(loads),
+              "imp_schedule": IMP_SCHEDULE, "feature_norm_spread": spread, "quick": args.quick, "elapsed_s": round(elapsed, 1),
+              "load_min": min(loads),
+              "run_seconds": run_seconds(rows), "load_max": max(loads), "load_mean": statistics.mean(loads),
               "cache": {"key": cache.key, "hits": cache.hits, "misses": cache.misses}, "versions": versions,
               "splits": [{"name": s.name, "files": len(s.files), "bytes": len(s.tokens), "sha256_12": s.digest}
                          for s in corpus.splits()], "stdlib": corpus.root,
