@@ -46,6 +46,11 @@ _TABLE: tuple[Knob, ...] = (
          "directory of the on-disk cache (calibration, autotune decisions, compiled kernels); "
          "default $XDG_CACHE_HOME/sparsec or ~/.cache/sparsec"),
     Knob("cache", bool, True, "SPARSEC_CACHE", "read and write the on-disk cache (0: recompute everything)"),
+    Knob("graph_cache", bool, True, "SPARSEC_GRAPH_CACHE",
+         "reuse a compile of the same model, weights, inputs and options from an earlier process "
+         "(sparsec/compiler/graph_cache.py; 0: always compile)"),
+    Knob("graph_cache_mb", int, 4096, "SPARSEC_GRAPH_CACHE_MB",
+         "the captured-graph cache's size limit; the least recently used entries are evicted above it"),
     Knob("calibrate", bool, True, "SPARSEC_CALIBRATE",
          "default of CompileOptions.calibrate: measure the CPU cost-model rates (~2 s, cached)"),
     Knob("dump_dir", str, None, "SPARSEC_DUMP_DIR", "default of CompileOptions.dump_dir: write every stage here (NN-stage.txt)"),

@@ -7,6 +7,10 @@ import tempfile
 
 # Tests never read or write the user's cache: one fresh cache directory per test session.
 os.environ["SPARSEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsec-test-cache-")
+# Tests compile the same models many times and check what a compile does (warnings, stage texts, kernel
+# counts): the captured-graph cache would replay earlier compiles. tests/runtime/test_graph_cache.py
+# turns it on where it is the subject.
+os.environ["SPARSEC_GRAPH_CACHE"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -2,21 +2,27 @@
 
 An artifact is one directory:
 
-- ``program.pt2``: the captured program (``torch.export.save``), holding the dense weights it was compiled from;
-- ``inputs.pt``: the example inputs (flattened) and their pytree structure;
+- ``compiled.pkl`` + ``tensors.bin``: the lowered graph, its runtime modules, packed buffers, layers, report and
+  stage texts (sparsec/compiler/graph_io.py); ``tensors.bin`` also holds the source model's weights and is
+  memory-mapped on load;
+- ``program.pt2``: the captured program (``torch.export.save``), read only when needed: a new input shape on a
+  frozen model, saving a loaded model again, or an artifact whose lowered graph cannot be used here;
 - ``kernels/``: the compiled CPU kernels' shared libraries, as the disk cache built them, with their records;
-- ``manifest.json``: format version, package versions, CPU, the code generator's hash (what makes the kernels
-  valid), the compile options, the target, every layer's selected format and each library's SHA-256.
+- ``manifest.json``: format version, package versions, Python, CPU, the code generator's hash (what makes the
+  kernels valid), the compile options, the target, every layer's selected format and each library's SHA-256.
 
-Loading skips torch.export and calibration: the saved program is lowered again with every layer pinned to its
-saved format and the weights packed again (packing is deterministic; packed buffers are not stored). Kernels whose
-hash matches and whose manifest key (CPU + code generator + torch-mlir) equals this machine's are installed into
-the kernel cache and loaded in about a millisecond; on any mismatch sparsec warns and recompiles them.
+Loading reads the lowered graph: no torch.export, no passes, no calibration, no packing (BERT-base: ~0.1 s).
+Kernels whose hash matches and whose manifest key (CPU + code generator + torch-mlir) equals this machine's are
+installed into the kernel cache and loaded in about a millisecond; on any mismatch sparsec warns and compiles
+them from their spec (the packed buffers do not depend on the kernels). When the lowered graph cannot be read
+(another Python version, an older artifact), the saved program is lowered again with each layer pinned to its
+saved format, with a log message.
 
 Weights of a loaded model: ``sparsec.load(path)`` is **frozen**: it computes with the saved weights,
 ``state_dict()`` returns them and ``load_state_dict`` raises. ``sparsec.load(path, model=m)`` binds it to ``m``:
-the weight watch then tracks ``m`` as for ``sparse_compile`` (changed weights recompile on the next call), and
-``m``'s weights must equal the saved ones at load time (else it is compiled from ``m`` with a warning).
+the graph then reads ``m``'s own tensors, the weight watch tracks ``m`` as for ``sparse_compile`` (changed
+weights recompile on the next call), and ``m``'s weights must equal the saved ones at load time (else it is
+compiled from ``m`` with a warning).
 
 ``pickle`` / ``torch.save(cm)`` store the artifact's files (so ``torch.load(..., weights_only=False)`` returns a
 frozen model); ``copy.deepcopy(cm)`` binds the copy to a deep copy of the source model.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import logging
 import shutil
@@ -38,9 +45,12 @@ import torch
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import InputError, UnsupportedError
+from sparsec.compiler import graph_io
 
 log = logging.getLogger("sparsec")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions this sparsec reads: 1 held only the program and the formats (lowered again on load)
+READS = (1, 2)
 _OPT_LEVEL = 3  # the opt level every CPU kernel is compiled at (jit.compile_kernel's default)
 
 
@@ -52,30 +62,84 @@ class Seed:
     formats: dict[str, str]
 
 
-class Frozen(torch.nn.Module):
-    """The source model of a loaded, unbound artifact: the saved program's module, weights read-only.
+class SavedProgram:
+    """The captured program of a loaded model, read from ``program.pt2`` on first use (or never).
 
-    It exists so a new input shape can still be captured (torch.export of the program's module); its
-    ``train``/``eval`` only set the flag, since the exported module refuses mode changes.
+    Stands in for ``sparsec.compiler.capture.Captured`` in a loaded variant: ``dynamic`` is known from the
+    manifest; ``program`` deserializes the file (seconds for BERT-base), which only a new input shape on a
+    frozen model or saving the model again needs."""
+
+    def __init__(self, source: Path | bytes | None, dynamic: bool) -> None:
+        self.source, self.dynamic, self._program = source, dynamic, None
+
+    @property
+    def program(self) -> torch.export.ExportedProgram:
+        """The exported program (loaded now if it was not yet)."""
+        if self._program is None:
+            if self.source is None:
+                raise UnsupportedError("this compiled model was restored without its captured program "
+                                       "(a graph-cache entry); compile it from its module instead")
+            if isinstance(self.source, Path) and not self.source.exists():
+                raise UnsupportedError(f"{self.source} is gone: a loaded model reads its program from the artifact "
+                                       f"directory when it needs it (keep the directory)")
+            src = io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source
+            self._program = torch.export.load(src)
+        return self._program
+
+    def write(self, dest: Path) -> None:
+        """Write ``program.pt2`` to ``dest`` without deserializing it."""
+        if self._program is not None or self.source is None:
+            torch.export.save(self.program, dest)
+        elif isinstance(self.source, bytes):
+            dest.write_bytes(self.source)
+        else:
+            shutil.copyfile(self.source, dest)
+
+
+class Frozen(torch.nn.Module):
+    """The source model of a loaded, unbound artifact: the saved weights, read-only.
+
+    Its ``forward`` runs the saved program (loaded on first use), so a new input shape can still be
+    captured; its ``train``/``eval`` only set the flag, since the exported module refuses mode changes.
     """
 
-    def __init__(self, gm: torch.nn.Module) -> None:
+    def __init__(self, weights: dict[str, torch.Tensor], keys: list[str], program: SavedProgram) -> None:
         super().__init__()
-        self.g = gm
+        self._saved, self._keys, self._program, self._g = weights, keys, program, None
         self.training = False
+
+    @property
+    def g(self) -> torch.nn.Module:
+        """The saved program's module."""
+        if self._g is None:
+            self._g = self._program.program.module()
+        return self._g
 
     def forward(self, *args, **kwargs):
         """Run the saved program."""
         return self.g(*args, **kwargs)
 
     def train(self, mode: bool = True) -> Frozen:
-        """Set the flag only (the program was exported in eval mode)."""
+        """Set the flag only (the program was exported in eval mode). Capturing calls ``eval()`` first: the
+        program is loaded here, since deserializing it while torch.export traces ``forward`` fails."""
         self.training = mode
+        if not mode:
+            _ = self.g
         return self
+
+    def saved_tensor(self, name: str) -> torch.Tensor:
+        """A saved parameter or buffer by its name in the original model (KeyError when absent)."""
+        return self._saved[name]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every saved tensor by name (what a re-save stores)."""
+        return dict(self._saved)
 
     def state_dict(self, *args, **kwargs):
         """The saved weights, under the original model's names."""
-        return self.g.state_dict(*args, **kwargs)
+        from collections import OrderedDict
+
+        return OrderedDict((k, self._saved[k]) for k in self._keys if k in self._saved)
 
     def load_state_dict(self, *args, **kwargs):
         """Refused: a loaded model's weights are frozen."""
@@ -86,7 +150,7 @@ class Frozen(torch.nn.Module):
 
 
 def environment() -> dict:
-    """What the saved kernels depend on: the kernel cache key's parts, plus the package versions."""
+    """What the saved kernels and graph depend on: the kernel cache key's parts, package and Python versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     import sparsec
@@ -98,7 +162,7 @@ def environment() -> dict:
     except PackageNotFoundError:
         mlir = "unknown"
     return {"sparsec": sparsec.__version__, "torch": torch.__version__, "torch_mlir": mlir, "cpu": cpu_name(),
-            "codegen": _code_version()}
+            "codegen": _code_version(), "python": graph_io.python_tag()}
 
 
 def _kernel_files(cm) -> list[Path]:
@@ -119,15 +183,41 @@ def _kernel_files(cm) -> list[Path]:
                 if hasattr(k, "spec"):
                     specs[k.spec] = k
     paths = []
-    for spec in specs:
+    for spec, k in specs.items():
         so, _ = disk_cache._paths(spec, _OPT_LEVEL)
+        # a kernel loaded from another cache directory (SPARSEC_CACHE_DIR changed in this process) is there
+        other = Path(getattr(getattr(k, "lib", None), "_name", "") or "")
         if so.exists():
             paths.append(so)
+        elif other.suffix == ".so" and other.exists() and other.with_suffix(".json").exists():
+            paths.append(other)
     return paths
 
 
-def save(cm, path: str | Path) -> Path:
-    """Write ``cm`` as an artifact directory at ``path`` (created; an existing artifact there is replaced)."""
+def _source_tensors(cm) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The source model's tensors by name, and its state_dict's keys."""
+    src = cm._model[0]
+    if isinstance(src, Frozen):
+        return src.tensors(), list(src._keys)
+    return graph_io.tensor_names(src), list(src.state_dict().keys())
+
+
+def _payload(cm) -> dict:
+    primary = cm._primary
+    ctx = primary.ctx
+    return {
+        "graph": graph_io.encode_graph(primary.module), "report": primary.report, "stages": dict(ctx.stages),
+        "notes": list(ctx.notes), "specs": primary.specs, "out_spec": primary.out_spec, "in_spec": cm._in_spec,
+        "example_flat": cm._example_flat, "machine": ctx.machine, "shrunk": ctx.shrunk,
+    }
+
+
+def save(cm, path: str | Path, *, weights: bool = True, program: bool = True, kernels: bool = True) -> Path:
+    """Write ``cm`` as an artifact directory at ``path`` (created; an existing artifact there is replaced).
+
+    ``weights=False`` / ``program=False`` / ``kernels=False`` leave out the source weights, the captured
+    program and the kernel libraries (the graph cache's entries: they are loaded bound to the user's module,
+    with the kernels in the kernel cache already); such an artifact loads only with ``model=``."""
     from sparsec.compiler.pipeline import layers_of
 
     path = Path(path)
@@ -136,10 +226,27 @@ def save(cm, path: str | Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     (path / "kernels").mkdir(parents=True)
     primary = cm._primary
-    torch.export.save(primary.captured.program, path / "program.pt2")
-    torch.save({"flat": cm._example_flat, "spec": pytree.treespec_dumps(cm._in_spec)}, path / "inputs.pt")
+    if program:
+        if isinstance(primary.captured, SavedProgram):
+            primary.captured.write(path / "program.pt2")
+        else:
+            torch.export.save(primary.captured.program, path / "program.pt2")
+    source, keys = _source_tensors(cm)
+    lowered = True
+    try:
+        graph_io.write(path, _payload(cm), source, weights)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable module: the artifact still loads, lowered again
+        if not program:
+            raise
+        log.warning("sparsec: the lowered graph cannot be saved (%s: %s); loading this artifact will lower the "
+                    "saved program again", type(exc).__name__, exc)
+        lowered = False
+        for name in (graph_io.PAYLOAD, graph_io.TENSORS):
+            (path / name).unlink(missing_ok=True)
+    if not program or not lowered:
+        torch.save({"flat": cm._example_flat, "spec": pytree.treespec_dumps(cm._in_spec)}, path / "inputs.pt")
     libs = {}
-    for so in _kernel_files(cm):
+    for so in _kernel_files(cm) if kernels else []:
         shutil.copy2(so, path / "kernels" / so.name)
         meta = so.with_suffix(".json")
         if meta.exists():
@@ -151,6 +258,7 @@ def save(cm, path: str | Path) -> Path:
         "format_version": FORMAT_VERSION, "environment": environment(), "target": cm.target,
         "options": options, "dynamic": primary.captured.dynamic,
         "formats": {layer.name: layer.format for layer in layers_of(primary.module)}, "kernels": libs,
+        "lowered": lowered, "weights": weights, "program": program, "state_dict_keys": keys,
     }
     (path / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return path
@@ -159,8 +267,8 @@ def save(cm, path: str | Path) -> Path:
 def _pytree_modules(*specs) -> list[str]:
     """Modules defining the inputs' and outputs' container types (e.g. transformers' ModelOutput classes).
 
-    Their pytree registration happens on import; a new process must import them before torch.export.load
-    can rebuild the program's output structure.
+    Their pytree registration happens on import; a new process must import them before the output
+    structure can be rebuilt.
     """
     mods, stack = set(), [s for s in specs if s is not None]
     while stack:
@@ -188,62 +296,170 @@ def _install_kernels(path: Path, manifest: dict) -> None:
     dest = cache_dir() / "kernels"
     dest.mkdir(parents=True, exist_ok=True)
     for name, digest in libs.items():
+        if (dest / name).exists():
+            continue  # the kernel cache checks its own entries' hashes when it loads them
         src = path / "kernels" / name
         data = src.read_bytes() if src.exists() else b""
         if hashlib.sha256(data).hexdigest() != digest:
             warnings.warn(f"sparsec: saved kernel {name} is missing or corrupted; recompiling it", stacklevel=3)
             continue
-        if not (dest / name).exists():
-            shutil.copy2(src.with_suffix(".json"), dest / src.with_suffix(".json").name)
-            shutil.copy2(src, dest / name)
+        shutil.copy2(src.with_suffix(".json"), dest / src.with_suffix(".json").name)
+        shutil.copy2(src, dest / name)
 
 
-def load(path: str | Path, model: torch.nn.Module | None = None):
-    """The CompiledModel saved at ``path``; frozen, or bound to ``model`` (see the module docstring)."""
-    from sparsec.compiler.capture import Captured
-    from sparsec.compiler.compiled_model import CompiledModel
-    from sparsec.compiler.options import CompileOptions
-
-    path = Path(path)
+def read_manifest(path: Path) -> dict:
+    """The artifact's manifest, checked for a format version this sparsec reads."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{path} is not a sparsec artifact (no readable manifest.json: {exc})") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READS:
         raise UnsupportedError(
-            f"{path}: artifact format {manifest.get('format_version')}, this sparsec reads {FORMAT_VERSION}"
+            f"{path}: artifact format {manifest.get('format_version')}, this sparsec reads {READS}"
         )
-    env = manifest["environment"]
-    if env.get("torch") != torch.__version__:
-        warnings.warn(f"sparsec: {path} was saved with torch {env.get('torch')}, this is {torch.__version__}",
-                      stacklevel=2)
-    _install_kernels(path, manifest)
+    return manifest
+
+
+def _options(manifest: dict):
+    from sparsec.compiler.options import CompileOptions
+
+    known = {f.name for f in fields(CompileOptions)}
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["options"].items() if k in known}
+    return CompileOptions(**opts)
+
+
+def _import_pytree_modules(path: Path, manifest: dict) -> None:
     for mod in manifest.get("pytree_modules", []):
         try:
             importlib.import_module(mod)
         except ImportError as exc:
             raise UnsupportedError(f"{path}: the model's inputs/outputs use types from {mod}, which cannot be "
                                    f"imported here ({exc})") from exc
-    known = {f.name for f in fields(CompileOptions)}
-    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["options"].items() if k in known}
-    options = CompileOptions(**opts)
-    inputs = torch.load(path / "inputs.pt", weights_only=True)
-    args, kwargs = pytree.tree_unflatten(inputs["flat"], pytree.treespec_loads(inputs["spec"]))
+
+
+def _fast_path(manifest: dict) -> str | None:
+    """Why the lowered graph cannot be used here, or None when it can."""
+    if manifest.get("format_version", 1) < 2 or not manifest.get("lowered"):
+        return "the artifact holds no lowered graph"
+    env = manifest["environment"]
+    if env.get("python") != graph_io.python_tag():
+        return f"it was saved with {env.get('python')}, this is {graph_io.python_tag()}"
+    if env.get("torch") != torch.__version__:
+        return f"it was saved with torch {env.get('torch')}, this is {torch.__version__}"
+    if env.get("sparsec") != _sparsec_version():
+        return f"it was saved by sparsec {env.get('sparsec')}, this is {_sparsec_version()}"
+    return None
+
+
+def _sparsec_version() -> str:
+    import sparsec
+
+    return sparsec.__version__
+
+
+def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, target: str, payload: dict,
+            weights: dict[str, torch.Tensor]):
+    """The ``_Variant`` the payload describes, its tensors bound to ``model``'s (or to the saved weights)."""
+    from sparsec.compiler.context import CompileContext
+    from sparsec.compiler.pipeline import layers_of
+    from sparsec.compiler.compiled_model import _Variant
+
+    gm = graph_io.decode_graph(payload["graph"])
+    root = model
+    ctx = CompileContext(options=options, root=root, target=target, stages=payload["stages"],
+                         notes=payload["notes"], machine=payload["machine"], shrunk=payload["shrunk"])
+    ctx.example_inputs = tuple(payload["example_flat"])
+    program = None
+    if manifest.get("program", True):
+        program = path / "program.pt2"
+    captured = SavedProgram(program, manifest["dynamic"])
+    variant = _Variant(captured, gm, ctx, payload["report"], payload["specs"], payload["out_spec"])
+    frozen = model is None
+    for layer in layers_of(gm):
+        mod = layer.module
+        if mod is None:
+            continue
+        if frozen and getattr(mod, "train_refs", None) is not None:
+            mod.train_refs = None  # frozen weights take no gradient
+        if hasattr(mod, "kernels"):
+            mod.kernels(layer.n)  # the example's kernels: from the kernel cache, compiled when they do not fit
+    return variant
+
+
+def load(path: str | Path, model: torch.nn.Module | None = None):
+    """The CompiledModel saved at ``path``; frozen, or bound to ``model`` (see the module docstring)."""
+    from sparsec.compiler.compiled_model import CompiledModel
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    env = manifest["environment"]
+    if env.get("torch") != torch.__version__:
+        warnings.warn(f"sparsec: {path} was saved with torch {env.get('torch')}, this is {torch.__version__}",
+                      stacklevel=2)
+    if model is None and not manifest.get("weights", True):
+        raise InputError(f"{path} holds no weights (a graph-cache entry): load it with model=your_model")
+    _install_kernels(path, manifest)
+    _import_pytree_modules(path, manifest)
+    options = _options(manifest)
+    why = _fast_path(manifest)
+    if why is not None:
+        log.info("sparsec: %s: %s; lowering the saved program again", path, why)
+        return _load_program(path, manifest, model, options)
+    saved, arrays = graph_io.read_weights(path)
+    if model is not None and manifest.get("weights", True) and not _same_weights(model, saved):
+        warnings.warn("sparsec: the model's weights differ from the saved ones; compiling it afresh", stacklevel=2)
+        payload = graph_io.read(path, saved, arrays)
+        args, kwargs = pytree.tree_unflatten(payload["example_flat"], payload["in_spec"])
+        return CompiledModel(model, tuple(args), kwargs, options, manifest["target"])
+    bind = graph_io.tensor_names(model) if model is not None else saved
+    payload = graph_io.read(path, bind, arrays)
+    source = model
+    if model is None:
+        program = SavedProgram(path / "program.pt2" if manifest.get("program", True) else None, manifest["dynamic"])
+        source = Frozen(saved, manifest.get("state_dict_keys", list(saved)), program)
+    variant = restore(path, manifest, model, options, manifest["target"], payload, saved)
+    if model is None:
+        variant.captured = source._program  # one lazily loaded program for the variant and the source
+    args, kwargs = pytree.tree_unflatten(payload["example_flat"], payload["in_spec"])
+    return CompiledModel(source, tuple(args), kwargs, options, manifest["target"], seed=variant)
+
+
+def _load_program(path: Path, manifest: dict, model: torch.nn.Module | None, options):
+    """Version 1 (and the fallback): lower the saved program again with every layer pinned to its format."""
+    from sparsec.compiler.capture import Captured
+    from sparsec.compiler.compiled_model import CompiledModel
+
+    if not manifest.get("program", True):
+        raise UnsupportedError(f"{path}: its lowered graph cannot be used here and it holds no program")
+    if (path / "inputs.pt").exists():
+        inputs = torch.load(path / "inputs.pt", weights_only=True)
+        args, kwargs = pytree.tree_unflatten(inputs["flat"], pytree.treespec_loads(inputs["spec"]))
+    else:
+        saved, arrays = graph_io.read_weights(path)
+        payload = graph_io.read(path, saved, arrays)
+        args, kwargs = pytree.tree_unflatten(payload["example_flat"], payload["in_spec"])
     program = torch.export.load(path / "program.pt2")
     gm = program.module()
-    if model is not None and not _same_weights(model, gm):
+    if model is not None and not _same_weights(model, gm.state_dict()):
         warnings.warn("sparsec: the model's weights differ from the saved ones; compiling it afresh", stacklevel=2)
         return CompiledModel(model, tuple(args), kwargs, options, manifest["target"])
     seed = Seed(Captured(program, gm, manifest["dynamic"]), manifest["formats"])
-    source = model if model is not None else Frozen(program.module())
-    return CompiledModel(source, tuple(args), kwargs, options, manifest["target"], seed=seed)
+    if model is None:
+        saved_program = SavedProgram(path / "program.pt2", manifest["dynamic"])
+        saved_program._program = program
+        weights = program.module().state_dict()
+        model = Frozen(dict(weights), manifest.get("state_dict_keys", list(weights)), saved_program)
+    return CompiledModel(model, tuple(args), kwargs, options, manifest["target"], seed=seed)
 
 
-def _same_weights(model: torch.nn.Module, gm: torch.nn.Module) -> bool:
-    ours, saved = model.state_dict(), gm.state_dict()
-    if set(ours) != set(saved):
-        return False
-    return all(ours[k].shape == saved[k].shape and torch.equal(ours[k], saved[k]) for k in saved)
+def _same_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> bool:
+    """True when ``model`` has every saved tensor, with equal shape, dtype and values."""
+    ours = graph_io.tensor_names(model)
+    for name, t in saved.items():
+        o = ours.get(name)
+        if o is None or o.shape != t.shape or o.dtype != t.dtype or not torch.equal(o.detach(), t):
+            return False
+    return True
 
 
 def to_bytes(cm) -> dict[str, bytes]:
@@ -254,13 +470,29 @@ def to_bytes(cm) -> dict[str, bytes]:
 
 
 def from_bytes(files: dict[str, bytes], model: torch.nn.Module | None = None):
-    """A CompiledModel from ``to_bytes``'s files (unpickling)."""
+    """A CompiledModel from ``to_bytes``'s files (unpickling). The files live on in memory: the model's
+    tensors are not memory-mapped, and its program is deserialized from these bytes when needed."""
     with tempfile.TemporaryDirectory(prefix="sparsec-artifact-") as tmp:
         root = Path(tmp)
         for rel, data in files.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(data)
-        return load(root, model=model)
+        cm = load(root, model=model)
+        _detach_from(cm, root, files)
+        return cm
 
 
-__all__ = ["save", "load", "to_bytes", "from_bytes", "Frozen", "Seed", "environment"]
+def _detach_from(cm, root: Path, files: dict[str, bytes]) -> None:
+    """Point a model loaded from a temporary directory at the in-memory copies of its files."""
+    program = files.get("program.pt2")
+    for v in cm._variants:
+        cap = v.captured
+        if isinstance(cap, SavedProgram) and isinstance(cap.source, Path):
+            cap.source = program
+    src = cm._model[0]
+    if isinstance(src, Frozen) and isinstance(src._program.source, Path):
+        src._program.source = program
+
+
+__all__ = ["save", "load", "to_bytes", "from_bytes", "restore", "read_manifest", "Frozen", "Seed", "SavedProgram",
+           "environment"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils import _pytree as pytree
 
+from sparsec.compiler import graph_cache
 from sparsec.compiler import stages as stage_text
 from sparsec.compiler.capture import Captured, capture
 from sparsec.compiler.context import CompileContext
@@ -120,7 +121,8 @@ class CompiledModel(torch.nn.Module):
         self._train_mods = training.train_mode_modules(model)
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
-        self._seed = seed  # a loaded artifact's program and formats (sparsec/compiler/artifact.py), used once
+        self._seed = seed  # a loaded artifact's variant, or program and formats (compiler/artifact.py), used once
+        self._first = seed is None  # the first compile may come from the captured-graph cache
         # [the source model] when the graph would only replay it (a list: nn.Module must not register it)
         self._eager: list = []
         self._compile(args, kwargs or {})
@@ -134,6 +136,12 @@ class CompiledModel(torch.nn.Module):
             dynamic = self.options.dynamic and not self._variants
         seed, self._seed = self._seed, None
         training.check_eval(self._train_mods)
+        cache_key, first = None, self._first
+        self._first = False
+        if seed is None and first:  # the captured-graph cache (sparsec/compiler/graph_cache.py)
+            seed, cache_key = graph_cache.lookup(self, model, args, kwargs, dynamic)
+        if isinstance(seed, _Variant):  # a saved or cached compile, restored
+            return self._install(seed, model, from_artifact=not isinstance(seed.ctx.root, torch.nn.Module))
         cap = seed.captured if seed is not None else capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target=self.target)
         if seed is not None:
@@ -169,13 +177,19 @@ class CompiledModel(torch.nn.Module):
         gm.recompile()
         variant = _Variant(cap, gm, ctx, build_report(gm, ctx.notes), _input_specs(cap), out_spec)
         ctx.stages["lowered"] = stage_text.lowered_stage_text(gm)
-        variant.trainable = training.trainable_graph(gm, model)
+        self._install(variant, model, from_artifact=seed is not None)
+        if cache_key is not None:
+            graph_cache.store(self, cache_key)
+        return variant
+
+    def _install(self, variant: _Variant, model, from_artifact: bool) -> _Variant:
+        variant.trainable = training.trainable_graph(variant.module, model)
         self._params = [p for p in model.parameters() if p.is_floating_point()]
         self._variants.append(variant)
         self._weights = _WeightWatch(model)
         if len(self._variants) == 1:  # the example's variant is the one users inspect
             self._primary = variant
-            self._eager = self._eager_model(model, ctx, gm, from_artifact=seed is not None)
+            self._eager = self._eager_model(model, variant.ctx, variant.module, from_artifact)
             if self.options.dump_dir:
                 self.dump(self.options.dump_dir)
         return variant

@@ -19,11 +19,9 @@ def _source_weight(cm, layer) -> tuple[torch.Tensor | None, bool]:
     from sparsec.compiler.artifact import Frozen
 
     src = cm._model[0]
-    if isinstance(src, Frozen):
-        src = src.g
-    target = getattr(layer.m, "weight_name", None) or f"{layer.name}.weight"
+    target = getattr(layer.m, "weight", None) or f"{layer.name}.weight"
     try:
-        w = src.get_parameter(target)
+        w = src.saved_tensor(target) if isinstance(src, Frozen) else src.get_parameter(target)
     except (AttributeError, KeyError):
         return None, False
     out_f, in_f = layer.facts.shape

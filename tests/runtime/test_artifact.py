@@ -142,3 +142,53 @@ def test_load_in_a_new_process(tmp_path, bert):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+def test_load_runs_the_saved_lowered_graph(tmp_path, bert):
+    """No torch.export deserialization and no passes on load: the program stays unread; report and stages kept."""
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"compiled.pkl", "tensors.bin", "program.pt2"}
+    loaded = sparsec.load(tmp_path / "m")
+    assert loaded._primary.captured._program is None and loaded._model[0]._g is None
+    assert str(loaded.report()) == str(cm.report())
+    assert loaded.ir("mlir") == cm.ir("mlir") and loaded.ir("lowered") == cm.ir("lowered")
+    ids, mask = zoo.bert_inputs(2, 9)  # another sequence length: the dynamic graph and its guards, restored
+    with torch.no_grad():
+        torch.testing.assert_close(_out(loaded(ids, mask)), _out(model(ids, mask)), rtol=1e-4, atol=1e-4)
+    assert loaded._primary.captured._program is None
+    loaded.save(tmp_path / "again")  # re-saving copies the program file without deserializing it
+    again = sparsec.load(tmp_path / "again")
+    with torch.no_grad():
+        torch.testing.assert_close(_out(again(*inputs)), _out(cm(*inputs)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("change", ["no lowered graph", "other python"])
+def test_falls_back_to_lowering_the_program(change, tmp_path, bert, caplog):
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    path = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if change == "no lowered graph":
+        manifest["lowered"] = False
+    else:
+        manifest["environment"]["python"] = "cpython-2.7"
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level("INFO", logger="sparsec"):
+        loaded = sparsec.load(tmp_path / "m")
+    assert "lowering the saved program again" in caplog.text
+    assert [x.format for x in loaded.report().layers] == [x.format for x in cm.report().layers]
+    with torch.no_grad():
+        torch.testing.assert_close(_out(loaded(*inputs)), _out(cm(*inputs)), rtol=0, atol=0)
+
+
+def test_bound_load_reads_the_users_tensors(tmp_path, bert):
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    own = copy.deepcopy(model)
+    bound = sparsec.load(tmp_path / "m", model=own)
+    params = {id(p) for p in own.parameters()}
+    mods = [m for m in bound.graph_module.modules() if getattr(m, "train_refs", None)]
+    assert mods and all(id(m.train_refs[0]) in params for m in mods)  # the sparse layers' gradients reach own
+    frozen = sparsec.load(tmp_path / "m")
+    assert not any(getattr(m, "train_refs", None) for m in frozen.graph_module.modules())

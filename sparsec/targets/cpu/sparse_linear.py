@@ -63,23 +63,39 @@ class SparseLinear(torch.nn.Module):
         self.index_bits = 16 if hand and self.slabs[0][0].padded_shape[1] <= 32767 else 32
         # the kernels' view of each slab's buffers; kept here because descriptors hold raw pointers
         self._kernel_buffers = [[self._narrow(b, p.buffers[b]) for b in names] for p, _, _ in self.slabs]
-        self._fixed_args = [[ArgRef(numpy_descriptor(a)) for a in bufs] for bufs in self._kernel_buffers]
         # CSR's scatter kernel walks the input in column tiles; each tile's row positions are one more buffer
+        # (appended to the slab's kernel buffers, after the format's own)
         self.k_tile = emit_rowvec.choose_k_tile(self.slabs[0][0].padded_shape[1]) if self._csr_kernel() else 0
-        self._tile_args: list[ArgRef] = []
         if self.k_tile:
             for (packed, _, _), bufs in zip(self.slabs, self._kernel_buffers, strict=True):
-                tpos = aligned_copy(emit_rowvec.tile_positions(
-                    packed.buffers[names[0]], packed.buffers[names[1]], packed.padded_shape[1], self.k_tile))
-                bufs.append(tpos)
-                self._tile_args.append(ArgRef(numpy_descriptor(tpos)))
-        self._bias_args = [ArgRef(torch_descriptor(b)) if b is not None else None for _, b, _ in self.slabs]
-        self._kernels: dict[int, list[CompiledKernel]] = {}
+                bufs.append(aligned_copy(emit_rowvec.tile_positions(
+                    packed.buffers[names[0]], packed.buffers[names[1]], packed.padded_shape[1], self.k_tile)))
+        self._bind()
         #: training state (sparse_grad.Trainable) when lower found the parameter this weight is
         self.trainable = None
         self._handle = None
         #: (weight, bias) parameters of the user's model this layer computes with; set by lower
         self.train_refs: tuple | None = None
+
+    def _bind(self) -> None:
+        """The kernels' argument descriptors of the packed buffers (raw pointers: never pickled)."""
+        own = len(self.fmt.lmap.buffer_names())  # the format's buffers; a tile-position buffer follows them
+        self._fixed_args = [[ArgRef(numpy_descriptor(a)) for a in bufs[:own]] for bufs in self._kernel_buffers]
+        self._tile_args = [ArgRef(numpy_descriptor(bufs[own])) for bufs in self._kernel_buffers if len(bufs) > own]
+        self._bias_args = [ArgRef(torch_descriptor(b)) if b is not None else None for _, b, _ in self.slabs]
+        self._kernels: dict[int, list[CompiledKernel]] = {}
+
+    #: what a saved model does not store: descriptors and kernel handles (rebuilt on load), training state
+    #: (rebuilt on the first backward)
+    _TRANSIENT = ("_fixed_args", "_tile_args", "_bias_args", "_kernels", "trainable", "_handle")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.trainable, self._handle = None, None
+        self._bind()
 
     def enable_training(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Route calls that need grad through ``sparsec::sparse_linear`` with grads for these parameters."""
