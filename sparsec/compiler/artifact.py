@@ -44,8 +44,8 @@ from pathlib import Path
 import torch
 from torch.utils import _pytree as pytree
 
-from sparsec.errors import InputError, UnsupportedError
 from sparsec.compiler import graph_io
+from sparsec.errors import InputError, UnsupportedError
 
 log = logging.getLogger("sparsec")
 FORMAT_VERSION = 2
@@ -360,9 +360,9 @@ def _sparsec_version() -> str:
 def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, target: str, payload: dict,
             weights: dict[str, torch.Tensor]):
     """The ``_Variant`` the payload describes, its tensors bound to ``model``'s (or to the saved weights)."""
+    from sparsec.compiler.compiled_model import _Variant
     from sparsec.compiler.context import CompileContext
     from sparsec.compiler.pipeline import layers_of
-    from sparsec.compiler.compiled_model import _Variant
 
     gm = graph_io.decode_graph(payload["graph"])
     root = model
