@@ -107,18 +107,18 @@ def fast_refresh(variants: list, watch) -> bool:
     for t in changed:
         if id(t) not in direct and id(t) not in by_param:
             return False
+    from sparsec.targets.cpu.sparse_grad import gather_stored, mask_unchanged, refresh_values
+
     todo = {id(m): m for t in changed for m in by_param.get(id(t), [])}
-    for m in todo.values():
+    stored = {}
+    for key, m in todo.items():
         if m.trainable is None:  # no slot map yet (built from the packed pattern on the first backward)
             return False
-        w = m.train_refs[0].detach()
-        flat = m.trainable.flat
-        if int(torch.count_nonzero(w)) != int(torch.count_nonzero(w.reshape(-1)[flat])):
+        stored[key] = gather_stored(m)
+        if not mask_unchanged(m, stored[key]):
             return False  # nonzeros outside the stored positions: the mask changed
-    from sparsec.targets.cpu.sparse_grad import refresh_values
-
-    for m in todo.values():
-        refresh_values(m)
+    for key, m in todo.items():
+        refresh_values(m, stored[key])
     return True
 
 

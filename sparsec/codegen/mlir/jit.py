@@ -17,6 +17,7 @@ import torch
 
 from sparsec.codegen.mlir import disk_cache, emit_bsrvec, emit_rowvec
 from sparsec.codegen.mlir.emit import emit_kernel
+from sparsec.codegen.mlir.emit_sddmm import SddmmSpec
 from sparsec.codegen.mlir.pipeline import pipeline_text, run_pipeline, vector_pipeline_text
 from sparsec.codegen.spec import KernelSpec
 
@@ -96,7 +97,7 @@ _LOCK = threading.Lock()
 STATS = {"compiled": 0, "hits": 0, "disk_hits": 0}
 
 
-def compile_kernel(spec: KernelSpec, opt_level: int = 3) -> CompiledKernel:
+def compile_kernel(spec: KernelSpec | SddmmSpec, opt_level: int = 3) -> CompiledKernel:
     """The compiled kernel for ``spec``: from the process cache, the on-disk cache, or JIT-compiled.
 
     Freshly compiled kernels are written to the disk cache (sparsec/codegen/mlir/disk_cache.py) so
@@ -117,7 +118,10 @@ def compile_kernel(spec: KernelSpec, opt_level: int = 3) -> CompiledKernel:
         from torch_mlir import execution_engine, ir
 
         t0 = time.perf_counter()
-        if emit_rowvec.supports(spec):  # hand-blocked CSR: faster than the sparsifier's loop
+        emit_mlir = getattr(spec, "emit_mlir", None)  # kernels that bring their own source (emit_sddmm)
+        if emit_mlir is not None:
+            source, pipeline = emit_mlir()
+        elif emit_rowvec.supports(spec):  # hand-blocked CSR: faster than the sparsifier's loop
             source, pipeline = emit_rowvec.emit_rowvec_kernel(spec), vector_pipeline_text()
         elif emit_bsrvec.supports(spec):  # hand-blocked BSR in the natural layout
             source, pipeline = emit_bsrvec.emit_bsrvec_kernel(spec), vector_pipeline_text()

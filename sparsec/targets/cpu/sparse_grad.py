@@ -1,16 +1,20 @@
 """Training through a compiled sparse linear: the ``sparsec::sparse_linear`` custom op and its backward.
 
-Forward runs the layer's MLIR kernels (SparseLinear). Backward, for ``y = act(x W^T + b) + r``:
+Forward runs the layer's MLIR kernels (SparseLinear). Backward, for ``y = act(x W^T + b) + r``, is the
+custom op ``sparsec::sparse_linear_backward`` (opaque to torch.compile / AOT autograd, like forward):
 
-- ``dz = dy * act'(z)``: relu and tanh read the derivative off the output; gelu and silu recompute
-  ``z`` with a twin module that has the same packed weight and no epilogue.
-- ``dx = dz W``: the same forward kernel family run on a CSR copy of ``W^T`` (built on first backward).
-- ``dW = (dz^T x)`` sampled at W's stored positions (SDDMM) as a chunked torch gather kernel (not MLIR);
-  the gradient is dense-shaped with zeros at unstored positions (static sparse training).
-- ``db = sum(dz)``, ``dr = dy``.
+- CSR layers (targets/cpu/csr_backward.py): one MLIR SDDMM kernel per row slab writes dW at W's stored
+  positions straight into the dense-shaped gradient (zeros elsewhere: static sparse training), folding
+  ``dz = dy * act'`` for relu/tanh (read off the saved output) and ``db = sum(dz)``.
+- Other formats: ``dz`` in torch, dW by a chunked torch gather over the stored positions.
+- gelu/silu: ``z`` is recomputed by a twin module (same packed weight, no epilogue); aten's
+  gelu/silu backward formulas give ``dz``.
+- ``dx = dz W``: the forward kernels run on a CSR copy of ``W^T`` (built on first backward).
+- ``dr = dy``.
 
 Packed values follow the parameter in O(nnz) (``refresh_values``): each packed value slot knows the flat
-index of the weight entry it holds (``stored_index``), so a refresh is one gather per slab.
+index of the weight entry it holds (``stored_index``), so a refresh is one gather from the parameter; the
+CSR copy of ``W^T`` is refreshed from those gathered values (a permutation of an nnz-long array).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import torch
 from sparsec import knobs
 from sparsec.errors import UnsupportedError
 from sparsec.formats import registry
+from sparsec.targets.cpu import csr_backward
 
 _MODULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_ACT = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu, "tanh": torch.tanh}
 _SPLIT = 4096  # index = (hi - 1) * _SPLIT + (lo - 1); both halves stay exact in float32
 
 
@@ -53,19 +57,22 @@ class Trainable:
 
     def __init__(self, module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.refs = (weight, bias)
-        self.maps = []  # per slab: (valid slots, flat indices into the full weight)
-        flat = []
+        # per slab: (its packed values as a tensor, the valid slots or None for all, start, end in ``flat``)
+        self.maps = []
+        flat, start = [], 0
         w = weight.detach().float()
-        for _, _, (r0, r1) in module.slabs:
+        for packed, _, (r0, r1) in module.slabs:
             idx = stored_index(module.fmt, w[r0:r1])
             valid = idx >= 0
             g = torch.from_numpy(idx[valid] + r0 * module.in_features)
-            self.maps.append((torch.from_numpy(np.nonzero(valid)[0]), g))
+            slots = None if bool(valid.all()) else torch.from_numpy(np.nonzero(valid)[0])
+            self.maps.append((_values(packed), slots, start, start + g.numel()))
             flat.append(g)
+            start += g.numel()
         self.flat = torch.cat(flat)  # every stored position of W, as flat indices
         self.rows = self.flat // module.in_features
         self.cols = self.flat % module.in_features
-        self.transposed = None  # (SparseLinear of W^T in CSR, its slot maps in W's flat indices)
+        self.transposed = None  # (SparseLinear of W^T in CSR, its slot maps into ``flat`` order)
         self.twin = None
 
 
@@ -73,23 +80,53 @@ def _values(packed) -> torch.Tensor:
     return torch.from_numpy(packed.buffers["values"])
 
 
-def refresh_values(module) -> None:
-    """Copy the parameter's current values into the packed buffers (O(nnz)); bias too."""
+def _scatter_slabs(maps, v: torch.Tensor) -> None:
+    for vals, slots, s0, s1 in maps:
+        if slots is None:
+            vals.copy_(v[s0:s1])
+        else:
+            vals[slots] = v[s0:s1]
+
+
+def gather_stored(module) -> torch.Tensor:
+    """The parameter's current values at the stored positions, in ``flat`` order (O(nnz))."""
     st: Trainable = module.trainable
-    weight, bias = st.refs
-    w = weight.detach().reshape(-1).float()
-    for (packed, b, (r0, r1)), (slots, g) in zip(module.slabs, st.maps, strict=True):
-        _values(packed)[slots] = w[g]
+    return torch.index_select(st.refs[0].detach().reshape(-1).float(), 0, st.flat)
+
+
+def mask_unchanged(module, stored: torch.Tensor) -> bool:
+    """True when the parameter has no nonzero outside the stored positions (``stored``: gather_stored).
+
+    Counting the nonzero *bit patterns* of the float32 words is exact and about 8x faster than a float
+    compare (numpy on the int view): equal counts mean nothing outside is nonzero. Only when they differ
+    (a -0.0 outside, or a real nonzero) the slower float count decides."""
+    w = module.trainable.refs[0].detach()
+    if w.dtype != torch.float32 or not w.is_contiguous():
+        return int(torch.count_nonzero(w)) == int(torch.count_nonzero(stored))
+    a = w.numpy() if not w.requires_grad else w.detach().numpy()
+    if np.count_nonzero(a.view(np.int32)) == np.count_nonzero(stored.numpy().view(np.int32)):
+        return True
+    return np.count_nonzero(a) == np.count_nonzero(stored.numpy())
+
+
+def refresh_values(module, stored: torch.Tensor | None = None) -> None:
+    """Copy the parameter's current values into the packed buffers (O(nnz)); bias too.
+
+    The transposed copy (dx's CSR of W^T) is refreshed from the gathered values, an nnz-sized array
+    that stays in cache, instead of a second gather from W in column order."""
+    st: Trainable = module.trainable
+    bias = st.refs[1]
+    v = gather_stored(module) if stored is None else stored
+    _scatter_slabs(st.maps, v)
+    for _, b, (r0, r1) in module.slabs:
         if b is not None and bias is not None:
             b[: r1 - r0] = bias.detach().float()[r0:r1]
     module.sync_values()
-    for other in (st.twin,):
-        if other is not None:
-            _copy_slabs(module, other)
+    if st.twin is not None:
+        _copy_slabs(module, st.twin)
     if st.transposed is not None:
-        tmod, tmaps = st.transposed
-        for (packed, _, _), (slots, g) in zip(tmod.slabs, tmaps, strict=True):
-            _values(packed)[slots] = w[g]
+        _scatter_slabs(st.transposed[1], v[st.transposed[2]])
+        st.transposed[0].sync_values()
 
 
 def _copy_slabs(src, dst) -> None:
@@ -111,13 +148,20 @@ def _transposed(module):
         tmod = SparseLinear(module.layer_name + ".T", registry.get_format("csr"), wt, None, None, False,
                             threads=len(module.slabs))
         out_f, in_f = module.out_features, module.in_features
-        tmaps = []
-        for _, _, (r0, r1) in tmod.slabs:
+        # where in ``flat`` order each W^T slot's value sits (flat is not sorted for blocked formats)
+        order = torch.argsort(st.flat)
+        sorted_flat = st.flat[order]
+        tmaps, pieces, start = [], [], 0
+        for packed, _, (r0, r1) in tmod.slabs:
             idx = stored_index(tmod.fmt, wt[r0:r1])
             valid = idx >= 0
             k = torch.from_numpy(idx[valid] + r0 * out_f)  # flat index into W^T [in, out]
-            tmaps.append((torch.from_numpy(np.nonzero(valid)[0]), (k % out_f) * in_f + k // out_f))
-        st.transposed = (tmod, tmaps)
+            w_flat = (k % out_f) * in_f + k // out_f
+            pieces.append(order[torch.searchsorted(sorted_flat, w_flat)])
+            slots = None if bool(valid.all()) else torch.from_numpy(np.nonzero(valid)[0])
+            tmaps.append((_values(packed), slots, start, start + k.numel()))
+            start += k.numel()
+        st.transposed = (tmod, tmaps, torch.cat(pieces))
     return st.transposed[0]
 
 
@@ -138,12 +182,27 @@ def _twin(module):
 def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   residual: torch.Tensor | None, handle: int) -> torch.Tensor:
     """``act(x W^T + b) + residual`` by the compiled kernels of the SparseLinear registered as ``handle``."""
-    return _MODULES[handle].run(x.contiguous(), residual).clone()
+    return _MODULES[handle].run(x, residual)
+
+
+def _empty_like_kernel_output(x: torch.Tensor, features: int, natural: bool) -> torch.Tensor:
+    """An empty [..., features] tensor laid out as the CPU kernels leave their result.
+
+    Y^T = W X^T kernels leave [features, N] buffers, returned as a transposed view (SparseLinear.run);
+    natural-layout kernels and N == 1 return [N, features] as it is. Fake kernels must match strides."""
+    lead = x.shape[:-1]
+    n = 1
+    for s in lead:
+        n *= s
+    if n == 1 or natural:
+        return x.new_empty((*lead, features))
+    return x.new_empty((features, n)).t().reshape(*lead, features)
 
 
 @sparse_linear.register_fake
 def _(x, weight, bias, residual, handle):
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    module = _MODULES.get(handle)
+    return _empty_like_kernel_output(x, weight.shape[0], module is None or getattr(module, "natural", False))
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -154,40 +213,100 @@ def _setup(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad):
-    module = _MODULES[ctx.handle]
-    st: Trainable = module.trainable
     x, y, residual = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    want_b = ctx.has_bias and need[2]
+    dx, dw, db = sparse_linear_backward(grad, x, y, residual, ctx.handle, need[0], need[1], want_b)
+    dr = grad if ctx.has_residual and need[3] else None
+    return dx if need[0] else None, dw if need[1] else None, db if want_b else None, dr, None
+
+
+@torch.library.custom_op("sparsec::sparse_linear_backward", mutates_args=())
+def sparse_linear_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, residual: torch.Tensor | None,
+                           handle: int, need_x: bool, need_w: bool, need_b: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dW, db) of ``sparsec::sparse_linear`` by the layer's kernels; an unrequested one is empty.
+
+    A custom op of its own so that torch.compile and AOT autograd trace the backward as one opaque
+    node, as they do the forward."""
+    dx, dw, db = _backward_impl(_MODULES[handle], grad, x, y, residual, need_x, need_w, need_b)
+    return tuple(x.new_empty(0) if t is None else t for t in (dx, dw, db))
+
+
+@sparse_linear_backward.register_fake
+def _(grad, x, y, residual, handle, need_x, need_w, need_b):
+    module = _MODULES[handle]
+    dx = _empty_like_kernel_output(x, module.in_features, False) if need_x else x.new_empty(0)
+    dw = x.new_empty((module.out_features, module.in_features)) if need_w else x.new_empty(0)
+    db = x.new_empty((module.out_features,)) if need_b else x.new_empty(0)
+    return dx, dw, db
+
+
+def _backward_impl(module, grad, x, y, residual, need_x: bool, want_w: bool, want_b: bool):
     out_f, in_f = module.out_features, module.in_features
     g = grad.reshape(-1, out_f).float()
     x2 = x.reshape(-1, in_f)
     act = module.activation
+    a = None
     if act is not None:
         a = y.reshape(-1, out_f)
         if residual is not None:
             a = a - residual.reshape(-1, out_f)
-        if act == "relu":
-            g = g * (a > 0)
-        elif act == "tanh":
-            g = g * (1 - a * a)
-        else:
-            z = _twin(module).run(x2.contiguous(), None).detach().requires_grad_()
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(_ACT[act](z), z, g)
-    g = g.contiguous()
-    need = ctx.needs_input_grad
-    dx = _transposed(module).run(g, None).reshape(x.shape) if need[0] else None
-    dw = None
-    if need[1]:
-        gt, xt = g.t().contiguous(), x2.t().contiguous()
-        vals = torch.empty(st.flat.numel())
-        chunk = knobs.get("sddmm_grad_chunk")  # bounds the gather's temporary to ~chunk * N floats
-        for s in range(0, st.flat.numel(), chunk):
-            r, c = st.rows[s : s + chunk], st.cols[s : s + chunk]
-            vals[s : s + chunk] = (gt[r] * xt[c]).sum(1)
-        dw = torch.zeros(out_f * in_f).index_put_((st.flat,), vals).reshape(out_f, in_f)
-    db = g.sum(0) if ctx.has_bias and need[2] else None
-    dr = grad if ctx.has_residual and need[3] else None
-    return dx, dw, db, dr, None
+    if csr_backward.supports(module) and want_w:
+        deriv = act if act in csr_backward.FOLDED else None
+        if act is not None and deriv is None:
+            g, a = _act_grad(module, act, g, a, x2), None
+        # the [features, N] layout of the forward: free when g and x are transposed views already
+        dense = csr_backward.dense_ok(module)
+        dw, dzt, db = csr_backward.sddmm(module, g.t().contiguous(), x2.t().contiguous(),
+                                         a.t().contiguous() if deriv else None, deriv, want_b, dense)
+        if not dense:
+            dw = _dense_grad(module, dw)
+        dz = dzt.t()
+    else:
+        dz = _act_grad(module, act, g, a, x2) if act is not None else g
+        dw = _dense_grad(module, _torch_sddmm(module, dz, x2), packed=False) if want_w else None
+        db = dz.sum(0) if want_b else None
+    dx = _transposed(module).run(dz, None).reshape(x.shape) if need_x else None
+    return dx, dw, db
+
+
+def _act_grad(module, act: str, g: torch.Tensor, a: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """``g * act'(z)``: relu and tanh from the output ``a``; gelu and silu recompute z (the twin)."""
+    if act == "relu":
+        return g * (a > 0)
+    if act == "tanh":
+        return g * (1 - a * a)
+    z = _twin(module).run(x2, None)
+    # aten's own backward formulas (autograd does not record inside a custom op)
+    if act == "gelu":
+        return torch.ops.aten.gelu_backward(g, z)
+    return torch.ops.aten.silu_backward(g, z)
+
+
+def _torch_sddmm(module, dz: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
+    """dW at the stored positions for formats without an SDDMM kernel: chunked torch gathers."""
+    st: Trainable = module.trainable
+    gt, xt = dz.t().contiguous(), x2.t().contiguous()
+    vals = torch.empty(st.flat.numel())
+    chunk = knobs.get("sddmm_grad_chunk")  # bounds the gather's temporary to ~chunk * N floats
+    for s in range(0, st.flat.numel(), chunk):
+        r, c = st.rows[s : s + chunk], st.cols[s : s + chunk]
+        vals[s : s + chunk] = (gt[r] * xt[c]).sum(1)
+    return [vals]
+
+
+def _dense_grad(module, values: list[torch.Tensor], packed: bool = True) -> torch.Tensor:
+    """The weight's dense-shaped gradient: ``values`` at the stored positions, zeros elsewhere.
+
+    ``values``: one tensor per slab in packed slot order (``packed``), or one tensor in ``flat`` order."""
+    st: Trainable = module.trainable
+    if packed:  # drop padding slots (none for CSR: then the slot map is the identity)
+        values = [v if slots is None else v[slots] for v, (_, slots, _, _) in zip(values, st.maps, strict=True)]
+    vals = values[0] if len(values) == 1 else torch.cat(values)
+    dw = torch.zeros(module.out_features * module.in_features)
+    dw[st.flat] = vals
+    return dw.reshape(module.out_features, module.in_features)
 
 
 sparse_linear.register_autograd(_backward, setup_context=_setup)
