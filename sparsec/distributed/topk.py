@@ -15,8 +15,13 @@ import torch.distributed as dist
 from sparsec.errors import InputError, UnsupportedError
 
 _INDEX_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
-# all_gather_into_tensor was renamed all_gather_single (the old name warns in recent torch)
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def _all_gather(out: torch.Tensor, inp: torch.Tensor, group) -> dist.Work:
+    # all_gather_into_tensor was renamed all_gather_single (the old name warns in recent torch); looked
+    # up at each call so that a wrapper around torch.distributed's function (a byte counter) sees it
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return gather(out, inp, group=group, async_op=True)
 
 
 class TopKState:
@@ -74,7 +79,7 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     state.dense_bytes += n * buffer.element_size()
     if bucket.is_last():
         state.step += 1
-    work = _all_gather(gathered, payload, group=group, async_op=True)
+    work = _all_gather(gathered, payload, group)
 
     def unpack(fut: torch.futures.Future) -> torch.Tensor:
         pairs = gathered.view(world, 2, k)

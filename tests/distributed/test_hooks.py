@@ -12,22 +12,22 @@ import pytest
 import torch
 
 from sparsec.distributed import MaskedState, TopKState, average_growth_gradients
+from sparsec.distributed.local import run_local
 from sparsec.errors import InputError
 from sparsec.prune.masks import get_mask
 from tests.distributed import scenarios
-from tests.distributed.spawn import run_ranks
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}  # float summation order differs between the hooks
 
 
 @pytest.fixture(scope="module")
 def two():
-    return run_ranks(scenarios.run_all, 2, ("masked", "frozen", "rigl", "topk", "compiled"), timeout=300)
+    return run_local(scenarios.run_all, 2, ("masked", "frozen", "rigl", "topk", "compiled"), timeout=300)
 
 
 @pytest.fixture(scope="module")
 def four():
-    return run_ranks(scenarios.run_all, 4, ("masked",), timeout=120)
+    return run_local(scenarios.run_all, 4, ("masked",), timeout=120)
 
 
 def _same(a: dict, b: dict) -> None:
