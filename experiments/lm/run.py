@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="directory for RESULTS.md, results.json/png")
     parser.add_argument("--cache", type=Path, default=HERE / ".cache", help="run cache directory")
     parser.add_argument("--no-cache", action="store_true", help="recompute everything, write no cache")
+    parser.add_argument("--warm", choices=["imp"], help="only compute this phase into the cache (run it in a "
+                        "second process next to a full run to use a second core), then exit")
     args = parser.parse_args()
     # One thread everywhere: tiny matrices, a shared machine, and CPU-time ratios that mean something.
     torch.set_num_threads(1)
@@ -127,6 +129,22 @@ def main() -> None:
         add("dense", 0.0, run)
     spread = feature_norm_spread(ctx, states[seeds[0]], seeds[0])
     log(f"dense done, lr={lr:g} (val ppl {[round(t[0].val, 3) for t in trials.values()]} for {lr_grid})")
+
+    def imp_phase() -> None:
+        for s in seeds:
+            imp = cache.get(f"imp-s{s}", lambda s=s: lottery(
+                ctx, states[s], rewinds[s], s, lr, IMP_SCHEDULE, speed_for(f"IMP, rewind to step {setup.rewind_step}", s)))
+            for sp, (run, masks) in imp.items():
+                add(f"IMP, rewind to step {setup.rewind_step}", sp, run)
+                if sp == IMP_SCHEDULE[-1]:
+                    add("IMP mask, random re-init", sp,
+                        cache.get(f"imp-control-s{s}", lambda s=s, sp=sp, masks=masks: imp_control(
+                            ctx, s, sp, masks, lr, speed_for("IMP mask, random re-init", s))))
+            log(f"IMP seed {s} done")
+
+    if args.warm == "imp":  # a second process filling the cache while the first does the rest
+        imp_phase()
+        return
 
     # One fine-tuning rate for every post-training method, picked on validation for magnitude 2:4, seed 0.
     def shot(s: int, method: str, pattern: str, ft_lr: float, label: str):
@@ -180,16 +198,7 @@ def main() -> None:
                 add(label, sp, run)
         log(f"static / SET / RigL seed {s} done (interval {dt})")
 
-    for s in seeds:
-        imp = cache.get(f"imp-s{s}", lambda s=s: lottery(ctx, states[s], rewinds[s], s, lr, IMP_SCHEDULE,
-                                                        speed_for(f"IMP, rewind to step {setup.rewind_step}", s)))
-        for sp, (run, masks) in imp.items():
-            add(f"IMP, rewind to step {setup.rewind_step}", sp, run)
-            if sp == IMP_SCHEDULE[-1]:
-                add("IMP mask, random re-init", sp,
-                    cache.get(f"imp-control-s{s}", lambda s=s, sp=sp, masks=masks: imp_control(
-                        ctx, s, sp, masks, lr, speed_for("IMP mask, random re-init", s))))
-        log(f"IMP seed {s} done")
+    imp_phase()
 
     elapsed = time.time() - start
     config = {"seeds": seeds, "setup": asdict(setup), "lr": lr, "lr_grid": lr_grid, "ft_lr": ft_lr,
