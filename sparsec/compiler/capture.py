@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils import _pytree as pytree
@@ -28,6 +28,7 @@ class Captured:
     program: torch.export.ExportedProgram
     module: torch.fx.GraphModule
     dynamic: bool
+    notes: list[str] = field(default_factory=list)  # what capture changed that the report should say
 
 
 def _auto_dims(args: tuple):
@@ -56,18 +57,42 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dyn
         if dynamic and not kwargs:  # keyword inputs are captured static: the runtime recompiles per shape
             try:
                 ep = torch.export.export(model, args, dynamic_shapes=_auto_dims(args))
-                return Captured(ep, ep.module(), dynamic=True)
+                return _inline_autocast(Captured(ep, ep.module(), dynamic=True))
             except Exception as exc:  # fall back to a static capture; its error is the one users see
                 log.info("sparsec: dynamic-shape export failed (%s); retrying with static shapes", exc)
         try:
             ep = torch.export.export(model, args, kwargs)
         except Exception as exc:
             raise CaptureError(_explain(exc, model, kwargs)) from exc
-        return Captured(ep, ep.module(), dynamic=False)
+        return _inline_autocast(Captured(ep, ep.module(), dynamic=False))
     finally:
         for store, name, t in swapped:
             store[name] = t
         model.train(was_training)
+
+
+def _autocast_regions(gm: torch.fx.GraphModule) -> list[tuple[str, torch.dtype]]:
+    """(device, dtype) of every enabled ``torch.autocast`` region export kept as a higher-order op."""
+    hop = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+    return [(str(n.args[0]), n.args[1]) for n in gm.graph.nodes
+            if n.op == "call_function" and hop is not None and n.target is hop and n.args[2]]
+
+
+def _inline_autocast(cap: Captured) -> Captured:
+    """Inline ``torch.autocast`` regions of forward into explicit casts (``_to_copy`` of the weights and
+    activations, what autocast does in eager), so the passes see the layers inside them: inside its
+    higher-order op a Linear is invisible and the report would be empty. The casts of constant weights are
+    folded by fold_constants; the layers then compute in the autocast dtype, as in eager."""
+    regions = _autocast_regions(cap.module)
+    if not regions:
+        return cap
+    ep = cap.program.run_decompositions({})
+    kinds = sorted({f"{dev}/{str(dt).replace('torch.', '')}" for dev, dt in regions})
+    note = (f"torch.autocast ({', '.join(kinds)}) inside forward: {len(regions)} region(s) inlined as explicit "
+            "casts; the layers inside compute in the autocast dtype, as in eager (on the CPU target a layer "
+            "that is not float32 stays dense: the CPU kernels are float32; convert the model with "
+            "model.to(dtype) and drop the autocast, or keep it outside forward, to choose otherwise)")
+    return Captured(ep, ep.module(), cap.dynamic, [*cap.notes, note])
 
 
 def _swap_inference_tensors(model: torch.nn.Module) -> list:

@@ -30,7 +30,7 @@ from sparsec.compiler.pipeline import PASSES, STAGES, build_report, layers_of, r
 from sparsec.errors import CaptureError, InputError
 from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
-from sparsec.runtime import training
+from sparsec.runtime import finite, training
 from sparsec.targets.cpu import calibrate
 from sparsec.targets.cpu.threads import default_threads
 
@@ -70,7 +70,10 @@ class _WeightWatch:
                     if t is not None:
                         self.entries.append((store, name, t, _version(t), t.data_ptr()))
             for name, value in vars(mod).items():
-                if isinstance(value, torch.Tensor) and not name.startswith("_"):
+                # torch.nn.utils.prune re-assigns ``name`` from the watched ``name_orig`` * ``name_mask`` on
+                # every eager call: a new object each time, never a weight change
+                derived = f"{name}_orig" in mod._parameters
+                if isinstance(value, torch.Tensor) and not name.startswith("_") and not derived:
                     self.entries.append((mod.__dict__, name, value, _version(value), value.data_ptr()))
 
     def changed_tensors(self) -> list | None:
@@ -136,6 +139,9 @@ class CompiledModel(torch.nn.Module):
             dynamic = self.options.dynamic and not self._variants
         seed, self._seed = self._seed, None
         training.check_eval(self._train_mods)
+        if self.options.check_finite:
+            finite.check_weights(model)
+            finite.check_inputs(pytree.tree_leaves((args, kwargs)))
         cache_key, first = None, self._first
         self._first = False
         if seed is None and first:  # the captured-graph cache (sparsec/compiler/graph_cache.py)
@@ -144,6 +150,7 @@ class CompiledModel(torch.nn.Module):
             return self._install(seed, model, from_artifact=not isinstance(seed.ctx.root, torch.nn.Module))
         cap = seed.captured if seed is not None else capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target=self.target)
+        ctx.notes.extend(cap.notes)
         if seed is not None:
             ctx.pinned_formats = seed.formats
         ctx.example_inputs = tuple(pytree.tree_leaves((args, kwargs)))
@@ -227,7 +234,11 @@ class CompiledModel(torch.nn.Module):
             self._check_inputs(flat, spec)
         if self._train_mods:
             training.check_eval(self._train_mods)
+        if self.options.check_finite:
+            finite.check_inputs(flat)
         with self._lock:
+            if self.options.check_finite and self._weights.changed():  # also when no recompile follows
+                finite.check_weights(self._model[0])
             if self._weights.changed() and training.fast_refresh(self._variants, self._weights):
                 log.info("sparsec: weights updated in place; packed values refreshed in O(nnz)")
                 self._weights = _WeightWatch(self._model[0])

@@ -40,6 +40,9 @@ class CompileOptions:
     #: prediction select marked as implausible (a sparse format for a weight of density >= 0.5) or close
     #: to dense; False none (then an implausible sparse choice falls back to dense)
     autotune: bool | str = "auto"
+    #: raise InputError when an input (every call) or a weight (every compile) holds NaN or inf: sparse
+    #: kernels skip zeros, so non-finite values propagate differently from eager (README, "Shapes and inputs")
+    check_finite: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

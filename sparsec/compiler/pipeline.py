@@ -1,6 +1,6 @@
 """The pipeline: the ordered passes, in one list, each leaving its stage text behind; the report.
 
-capture (torch.export, stage ``fx``) -> cleanup -> fold_bn -> shrink -> analyze -> rows -> select ->
+capture (torch.export, stage ``fx``) -> fold_constants -> cleanup -> fold_bn -> shrink -> analyze -> rows -> select ->
 conv_select -> autotune -> fuse -> lower -> gather (one stage per pass: the graph after it, annotated with
 each layer's facts, format and fusion) -> ``lowered`` (the code calls run) -> the target's codegen stages
 (``mlir``/``llvm`` on the CPU, ``triton``/``ttgir``/``ptx`` on the GPU targets). ``cm.stages()`` lists a
@@ -22,6 +22,7 @@ from sparsec.passes import (
     cleanup,
     conv_select,
     fold_bn,
+    fold_constants,
     fuse,
     gather,
     lower,
@@ -32,6 +33,9 @@ from sparsec.passes import (
 from sparsec.report.report import LayerReport, Report
 
 PASSES = [
+    # compute weights derived from constants (unfinalized prune masks, parametrizations, autocast casts) so
+    # every later pass sees the real weight and its zeros; needs the exported graph
+    ("fold_constants", fold_constants.run),
     # drop eval-mode identities (dropout) so a Linear meets its residual add; needs the exported graph
     ("cleanup", cleanup.run),
     # fold eval BatchNorm into the conv / Linear before it; needs constant weights and running stats

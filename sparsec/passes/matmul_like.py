@@ -231,11 +231,24 @@ def _root_constant(gm: GraphModule, node, depth: int = 6) -> str | None:
     return None
 
 
+#: names of library ops that multiply by a batch of weights (torch's _grouped_mm, transformers' grouped_mm
+#: fallback for fused MoE experts, custom bmm kernels)
+_MATMUL_NAMES = ("grouped_mm", "bmm", "matmul")
+
+
+def _is_matmul(target) -> bool:
+    if target in _MATMULS:
+        return True
+    if not isinstance(target, torch._ops.OpOverload):
+        return False
+    return any(k in target.name() for k in _MATMUL_NAMES)
+
+
 def batched_weight(gm: GraphModule, node: Node) -> str | None:
     """Why ``node`` keeps a constant weight dense: a matmul-like op reading a rank >= 3 constant (per-head
     weights ``x @ W[heads, in, out]``, or one expert's slice of fused MoE weights ``W[experts, out, in]``).
     None when the node is no such op. No kernel takes a batch of sparse matrices yet."""
-    if node.op != "call_function" or node.target not in _MATMULS:
+    if node.op != "call_function" or not _is_matmul(node.target):
         return None
     args = node.args[0] if node.target == aten.einsum.default and len(node.args) > 1 else None
     operands = list(node.args[1]) if args is not None else list(node.args)
@@ -246,8 +259,10 @@ def batched_weight(gm: GraphModule, node: Node) -> str | None:
         t = get_constant(gm, name)
         if isinstance(t, torch.Tensor) and t.dim() >= 3:
             shape = "x".join(str(d) for d in t.shape)
-            return (f"{name} [{shape}] stays dense: a {t.dim()}-d weight (per-head or fused-expert weights) has "
-                    f"no sparse kernel yet; store one 2-d weight per head / expert (nn.Linear) to make it sparse")
+            op = node.target.name() if isinstance(node.target, torch._ops.OpOverload) else str(node.target)
+            return (f"{name} [{shape}] stays dense: a {t.dim()}-d weight (per-head or fused-expert weights, read "
+                    f"by {op}) has no sparse kernel yet; store one 2-d weight per head / expert (nn.Linear) to "
+                    f"make it sparse")
     return None
 
 
