@@ -41,7 +41,7 @@ def test_interpret_stages_and_errors():
     assert "produced by target 'cpu'" in cm.ir("mlir")  # another target's stage says so, it does not raise
     cpu = sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu")
     assert "produced by target 'gpu' or 'interpret'" in cpu.ir("ptx")
-    with pytest.raises(ValueError, match="known stages: fx, calibrate, cleanup"):
+    with pytest.raises(ValueError, match="known stages: fx, calibrate, fold_constants, cleanup"):
         cm.ir("sass")
 
 
