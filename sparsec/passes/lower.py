@@ -14,6 +14,7 @@ from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
 from sparsec.passes.matmul_like import get_constant, runtime_module
+from sparsec.runtime.progress import progress
 from sparsec.targets.cpu.threads import default_threads
 from sparsec.targets.gpu.triton_linear import TritonLinear
 
@@ -32,13 +33,14 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Rewrite every non-dense layer into a SparseLinear call."""
     threads = ctx.options.threads or default_threads()
     graph, lines = gm.graph, []
-    for node in list(graph.nodes):
-        layer = node.meta.get("sparsec")
-        if layer is None:
-            continue
+    nodes = [node for node in graph.nodes if node.meta.get("sparsec") is not None]
+    bar = progress(nodes, "sparsec compile kernels")
+    for node in bar:
+        layer = node.meta["sparsec"]
         if layer.format == "dense":
             lines.append(f"{node.name}: {layer.name} stays a torch op (dense)")
             continue
+        bar.set_postfix_str(layer.name[-40:])
         m = layer.m
         fmt = registry.get_format(layer.format)
         bias = get_constant(gm, m.bias) if m.bias is not None else None

@@ -1,4 +1,4 @@
-"""Progress bars for long steps (autotune, ``sparsec bench``), through tqdm.
+"""Progress bars for long steps (calibration, autotune, kernel compiles in lower, ``sparsec bench``), through tqdm.
 
 Quiet when stderr is not a terminal (tqdm's ``disable=None``) or when ``SPARSEC_PROGRESS=0``, so logs,
 CI and pipes get no control characters.

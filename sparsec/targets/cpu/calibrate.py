@@ -29,6 +29,7 @@ import torch
 from sparsec import knobs
 from sparsec.formats.cost import DEFAULT_MACHINE, Machine
 from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_json
+from sparsec.runtime.progress import progress
 
 log = logging.getLogger("sparsec")
 _MEMO: dict[str, Machine] = {}
@@ -159,7 +160,7 @@ def measure(threads: int) -> tuple[Machine, list[str]]:
     load_before = _foreign_load()
     probes = _probes(threads)
     times: dict[str, list[float]] = {k: [] for k in probes}
-    for _ in range(knobs.get("calibrate_rounds")):
+    for _ in progress(range(knobs.get("calibrate_rounds")), "sparsec calibrate"):
         for name, (fn, _work) in probes.items():
             times[name].append(_low_time(fn))
     problems = []
