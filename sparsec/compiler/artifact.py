@@ -35,6 +35,7 @@ import importlib
 import io
 import json
 import logging
+import platform
 import shutil
 import tempfile
 import warnings
@@ -162,7 +163,24 @@ def environment() -> dict:
     except PackageNotFoundError:
         mlir = "unknown"
     return {"sparsec": sparsec.__version__, "torch": torch.__version__, "torch_mlir": mlir, "cpu": cpu_name(),
-            "codegen": _code_version(), "python": graph_io.python_tag()}
+            "cpu_features": cpu_features(), "codegen": _code_version(), "python": graph_io.python_tag()}
+
+
+def cpu_features() -> str:
+    """A short hash of this CPU's ISA flags (``/proc/cpuinfo``'s first ``flags`` line; the machine type elsewhere).
+
+    The kernels are compiled for the host CPU: a machine with the same model name but other flags (a VM
+    hiding AVX-512) must not run them."""
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                    break
+    except OSError:
+        pass
+    return hashlib.sha256(flags.encode()).hexdigest()[:16]
 
 
 def _kernel_files(cm) -> list[Path]:
@@ -288,7 +306,7 @@ def _install_kernels(path: Path, manifest: dict) -> None:
     if not libs:
         return
     saved, here = manifest["environment"], environment()
-    differs = [k for k in ("cpu", "codegen", "torch_mlir") if saved.get(k) != here[k]]
+    differs = [k for k in ("cpu", "cpu_features", "codegen", "torch_mlir") if saved.get(k) != here[k]]
     if differs or not cache_enabled():
         why = ", ".join(f"{k}: saved {saved.get(k)!r}, here {here[k]!r}" for k in differs) or "SPARSEC_CACHE=0"
         warnings.warn(f"sparsec: the saved kernels do not fit this machine ({why}); recompiling them", stacklevel=3)

@@ -94,12 +94,14 @@ def test_frozen_and_bound(tmp_path, bert):
     torch.testing.assert_close(_out(again(*inputs)), _out(own(*inputs)), rtol=1e-4, atol=1e-4)
 
 
-def test_kernels_that_do_not_fit_are_recompiled(tmp_path, monkeypatch, bert):
+@pytest.mark.parametrize("key", ["cpu", "cpu_features", "codegen", "torch_mlir"])
+def test_kernels_that_do_not_fit_are_recompiled(key, tmp_path, monkeypatch, bert):
     model, inputs, cm = bert
     cm.save(tmp_path / "m")
     path = tmp_path / "m" / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["environment"]["cpu"] = "some other CPU"
+    assert manifest["environment"][key]  # the kernels are keyed by it
+    manifest["environment"][key] = "something else"
     path.write_text(json.dumps(manifest))
     monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path / "cache"))
     jit.clear_cache()
