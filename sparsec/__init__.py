@@ -24,11 +24,12 @@ from sparsec.errors import (
 from sparsec.formats.base import PackedWeight, SparseFormat
 from sparsec.formats.registry import formats, get_format, register_format, unregister_format
 from sparsec.report.profile import ProfileReport, profile
+from sparsec.runtime.training import dense_weight_grads
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "sparse_compile", "load", "profile", "ProfileReport", "CompileOptions", "CompiledModel", "STAGES",
+    "sparse_compile", "load", "profile", "ProfileReport", "dense_weight_grads", "CompileOptions", "CompiledModel", "STAGES",
     "SparseFormat", "PackedWeight", "register_format", "unregister_format", "formats", "get_format",
     "SparsecError", "CaptureError", "InputError", "KernelCompileError", "FormatError", "UnsupportedError",
 ]

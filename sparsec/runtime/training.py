@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from sparsec.errors import UnsupportedError
 
 _TRAIN_MODULES = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+@contextlib.contextmanager
+def dense_weight_grads() -> Iterator[dict]:
+    """Collect the *dense* gradient of every compiled sparse weight during the backward passes inside.
+
+    Yields a dict ``{weight parameter: dense dL/dW}`` filled by backward passes (of forwards run inside
+    the block, or run inside it themselves): the gradient at every position, pruned ones included, as
+    RigL's growth step needs. ``weight.grad`` stays the gradient at the stored positions (zeros
+    elsewhere), so the optimizer step keeps the pattern. Steps outside the block pay nothing extra; inside,
+    dW is one dense matmul per layer instead of the SDDMM kernel. Layers that stayed dense are not in the
+    dict: their ``.grad`` is dense already.
+
+        with sparsec.dense_weight_grads() as dense:
+            loss_fn(cm(x)).backward()
+        score = dense[model.fc.weight].abs()
+    """
+    from sparsec.targets.cpu.sparse_grad import DENSE_GRADS
+
+    grads: dict = {}
+    token = DENSE_GRADS.set(grads)
+    try:
+        yield grads
+    finally:
+        DENSE_GRADS.reset(token)
 
 
 def train_mode_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

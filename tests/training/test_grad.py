@@ -69,13 +69,15 @@ def test_gradients_match_eager(fmt, act, residual):
     check(model, fmt, torch.randn(24, 64, generator=gen))
 
 
-@settings(max_examples=4, deadline=None)
-@given(d=st.sampled_from([32, 48, 80]), h=st.sampled_from([64, 96]), n=st.integers(2, 40),
-       fmt=st.sampled_from(["csr", "coo"]), seed=st.integers(0, 100))
-def test_gradients_random_shapes(d, h, n, fmt, seed):
+@settings(max_examples=10, deadline=None)
+@given(d=st.sampled_from([32, 48, 80]), h=st.sampled_from([64, 96]), n=st.integers(1, 40),
+       fmt=st.sampled_from(FORMATS), act=st.sampled_from(list(ACTS)), residual=st.booleans(),
+       seed=st.integers(0, 100))
+def test_gradients_random_shapes(d, h, n, fmt, act, residual, seed):
+    """Every format and fused epilogue (bias, activation, residual) on random shapes, N = 1 included."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Block(d, h, "relu", True)
+    model = Block(d, h, act, residual)
     prune_(model.up.weight, fmt, gen)
     prune_(model.down.weight, fmt, gen)
     check(model, fmt, torch.randn(n, d, generator=gen))
@@ -110,3 +112,38 @@ def test_gradients_through_slabs_and_passes(threads, n):
     for name, p in model.named_parameters():
         want = gp_e[name] * (p != 0) if name.endswith("weight") else gp_e[name]
         torch.testing.assert_close(gp_c[name], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo"])
+@pytest.mark.parametrize("at", ["forward", "backward"])
+def test_dense_weight_grads_on_request(fmt, at):
+    """Inside sparsec.dense_weight_grads(): the dense gradient (pruned positions too) of every sparse
+    weight, as eager computes it; .grad stays masked; outside the block nothing is collected."""
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = Block(64, 128, "relu", True)
+    prune_(model.up.weight, fmt, gen)
+    prune_(model.down.weight, fmt, gen)
+    x = torch.randn(12, 64, generator=gen)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format=fmt, calibrate=False, min_weight_numel=0)
+    _, want = grads(model, model, x)
+    model.zero_grad()
+    if at == "forward":
+        with sparsec.dense_weight_grads() as dense:
+            loss = cm(x).pow(2).sum()
+        loss.backward()
+    else:
+        loss = cm(x).pow(2).sum()
+        with sparsec.dense_weight_grads() as dense:
+            loss.backward()
+    assert set(map(id, dense)) == {id(model.up.weight), id(model.down.weight)}
+    for name in ("up.weight", "down.weight"):
+        p = model.get_parameter(name)
+        torch.testing.assert_close(dense[p], want[name], rtol=1e-4, atol=1e-5)
+        assert bool((dense[p][p == 0] != 0).any())  # pruned positions have a gradient
+        torch.testing.assert_close(p.grad, want[name] * (p != 0), rtol=1e-4, atol=1e-5)
+    model.zero_grad()
+    cm(x).pow(2).sum().backward()  # outside: the masked SDDMM path, nothing collected
+    assert len(dense) == 2
+    torch.testing.assert_close(model.up.weight.grad, want["up.weight"] * (model.up.weight != 0),
+                               rtol=1e-4, atol=1e-5)

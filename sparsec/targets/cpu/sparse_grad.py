@@ -12,6 +12,10 @@ custom op ``sparsec::sparse_linear_backward`` (opaque to torch.compile / AOT aut
 - ``dx = dz W``: the forward kernels run on a CSR copy of ``W^T`` (built on first backward).
 - ``dr = dy``.
 
+On request (``sparsec.dense_weight_grads``, RigL's growth step) a backward also gives the *dense*
+gradient of each sparse weight, ``dz^T x`` at every position, into a dict; ``.grad`` stays the masked
+one. Only the steps that ask pay for the dense matmul.
+
 Packed values follow the parameter in O(nnz) (``refresh_values``): each packed value slot knows the flat
 index of the weight entry it holds (``stored_index``), so a refresh is one gather from the parameter; the
 CSR copy of ``W^T`` is refreshed from those gathered values (a permutation of an nnz-long array).
@@ -19,6 +23,7 @@ CSR copy of ``W^T`` is refreshed from those gathered values (a permutation of an
 
 from __future__ import annotations
 
+import contextvars
 import weakref
 
 import numpy as np
@@ -30,6 +35,8 @@ from sparsec.formats import registry
 from sparsec.targets.cpu import csr_backward
 
 _MODULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+#: while set (sparsec.runtime.training.dense_weight_grads): {weight parameter: its dense gradient}
+DENSE_GRADS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sparsec_dense_grads", default=None)
 _SPLIT = 4096  # index = (hi - 1) * _SPLIT + (lo - 1); both halves stay exact in float32
 
 
@@ -210,31 +217,40 @@ def _setup(ctx, inputs, output) -> None:
     ctx.handle = handle
     ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
     ctx.save_for_backward(x, output, residual if residual is not None else None)
+    ctx.dense_grads = DENSE_GRADS.get()  # asked for at forward time, or (below) at backward time
 
 
 def _backward(ctx, grad):
     x, y, residual = ctx.saved_tensors
     need = ctx.needs_input_grad
     want_b = ctx.has_bias and need[2]
-    dx, dw, db = sparse_linear_backward(grad, x, y, residual, ctx.handle, need[0], need[1], want_b)
+    collect = ctx.dense_grads if ctx.dense_grads is not None else DENSE_GRADS.get()
+    dense_w = collect is not None and need[1]
+    dx, dw, db = sparse_linear_backward(grad, x, y, residual, ctx.handle, need[0], need[1], want_b, dense_w)
+    if dense_w:
+        module = _MODULES[ctx.handle]
+        weight = module.train_refs[0]
+        collect[weight] = collect[weight] + dw if weight in collect else dw
+        dw = _masked(module, dw)
     dr = grad if ctx.has_residual and need[3] else None
     return dx if need[0] else None, dw if need[1] else None, db if want_b else None, dr, None
 
 
 @torch.library.custom_op("sparsec::sparse_linear_backward", mutates_args=())
 def sparse_linear_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, residual: torch.Tensor | None,
-                           handle: int, need_x: bool, need_w: bool, need_b: bool
+                           handle: int, need_x: bool, need_w: bool, need_b: bool, dense_w: bool = False
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dW, db) of ``sparsec::sparse_linear`` by the layer's kernels; an unrequested one is empty.
 
+    dW is zero outside the stored positions, or with ``dense_w`` the dense gradient ``dz^T x``.
     A custom op of its own so that torch.compile and AOT autograd trace the backward as one opaque
     node, as they do the forward."""
-    dx, dw, db = _backward_impl(_MODULES[handle], grad, x, y, residual, need_x, need_w, need_b)
+    dx, dw, db = _backward_impl(_MODULES[handle], grad, x, y, residual, need_x, need_w, need_b, dense_w)
     return tuple(x.new_empty(0) if t is None else t for t in (dx, dw, db))
 
 
 @sparse_linear_backward.register_fake
-def _(grad, x, y, residual, handle, need_x, need_w, need_b):
+def _(grad, x, y, residual, handle, need_x, need_w, need_b, dense_w=False):
     module = _MODULES[handle]
     dx = _empty_like_kernel_output(x, module.in_features, False) if need_x else x.new_empty(0)
     dw = x.new_empty((module.out_features, module.in_features)) if need_w else x.new_empty(0)
@@ -242,7 +258,7 @@ def _(grad, x, y, residual, handle, need_x, need_w, need_b):
     return dx, dw, db
 
 
-def _backward_impl(module, grad, x, y, residual, need_x: bool, want_w: bool, want_b: bool):
+def _backward_impl(module, grad, x, y, residual, need_x: bool, want_w: bool, want_b: bool, dense_w: bool = False):
     out_f, in_f = module.out_features, module.in_features
     g = grad.reshape(-1, out_f).float()
     x2 = x.reshape(-1, in_f)
@@ -252,7 +268,7 @@ def _backward_impl(module, grad, x, y, residual, need_x: bool, want_w: bool, wan
         a = y.reshape(-1, out_f)
         if residual is not None:
             a = a - residual.reshape(-1, out_f)
-    if csr_backward.supports(module) and want_w:
+    if csr_backward.supports(module) and want_w and not dense_w:
         deriv = act if act in csr_backward.FOLDED else None
         if act is not None and deriv is None:
             g, a = _act_grad(module, act, g, a, x2), None
@@ -265,10 +281,21 @@ def _backward_impl(module, grad, x, y, residual, need_x: bool, want_w: bool, wan
         dz = dzt.t()
     else:
         dz = _act_grad(module, act, g, a, x2) if act is not None else g
-        dw = _dense_grad(module, _torch_sddmm(module, dz, x2), packed=False) if want_w else None
+        if want_w and dense_w:
+            dw = dz.t() @ x2.float()  # every position: the growth score of pruned weights
+        else:
+            dw = _dense_grad(module, _torch_sddmm(module, dz, x2), packed=False) if want_w else None
         db = dz.sum(0) if want_b else None
     dx = _transposed(module).run(dz, None).reshape(x.shape) if need_x else None
     return dx, dw, db
+
+
+def _masked(module, dw: torch.Tensor) -> torch.Tensor:
+    """``dw`` with zeros outside the stored positions (static sparse training's ``.grad``)."""
+    st: Trainable = module.trainable
+    out = torch.zeros(dw.numel())
+    out[st.flat] = dw.reshape(-1)[st.flat]
+    return out.reshape(dw.shape)
 
 
 def _act_grad(module, act: str, g: torch.Tensor, a: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
