@@ -67,15 +67,33 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def train(model: nn.Module, data: Data, *, lr: float, total_steps: int, seed: int, start_step: int = 0,
           setup: Callable[[torch.optim.Optimizer], object] | None = None,
-          on_step: Callable[[int], None] | None = None) -> None:
+          on_step: Callable[[int], None] | None = None, compiled: bool = False) -> None:
     """SGD + momentum with a cosine learning rate over ``total_steps``, run from ``start_step``.
 
     ``setup(optimizer)`` is called before the first step (to prepare a sparsifier with the optimizer) and
     may return an object whose ``step()`` is called after every ``optimizer.step()``, as in torch.ao.
     ``start_step > 0`` resumes the schedule mid-way, which is what rewinding to iteration k needs.
+
+    ``compiled``: train through sparsec's compiled sparse kernels (static sparse training). Only a
+    ``StaticSparsifier`` from step 0: its masks are baked into the weights, whose zeros the compiled layers
+    do not store, so pruned weights get no gradient and stay zero under SGD (weight decay included), as
+    under the mask. RigL/SET grow weights *at zero*, which the compiled formats would not store: refused.
     """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     sparsifier = setup(opt) if setup is not None else None
+    forward = model
+    if compiled:
+        if not isinstance(sparsifier, prune.StaticSparsifier) or type(sparsifier) is not prune.StaticSparsifier \
+                or start_step != 0:
+            raise NotImplementedError("compiled training runs StaticSparsifier from step 0 only: RigL/SET grow "
+                                      "weights at exactly zero, which the compiled sparse formats do not store")
+        import sparsec
+
+        sparsifier.finalize()
+        sparsifier = None
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        forward = sparsec.sparse_compile(model, (data.x_train[:BATCH],), target="cpu", force_format="csr",
+                                         calibrate=False, min_weight_numel=0)
     gen = torch.Generator().manual_seed(seed)
     n = len(data.y_train)
     step = start_step
@@ -88,7 +106,7 @@ def train(model: nn.Module, data: Data, *, lr: float, total_steps: int, seed: in
             for group in opt.param_groups:
                 group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
             idx = order[i:i + BATCH]
-            loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            loss = nn.functional.cross_entropy(forward(data.x_train[idx]), data.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -57,15 +57,17 @@ def gradual(data: Data, dense_state, seed: int, pruner: prune.BaseSparsifier, lr
 
 
 def sparse_from_scratch(data: Data, seed: int, sparsifier: prune.BaseSparsifier, lr: float, steps: int,
-                        init_seed: int | None = None) -> Run:
-    """Static / RigL / SET: train from a random init with the sparsifier active from step 0."""
+                        init_seed: int | None = None, compiled: bool = False) -> Run:
+    """Static / RigL / SET: train from a random init with the sparsifier active from step 0.
+
+    ``compiled``: through sparsec's compiled sparse kernels (StaticSparsifier only, see common.train)."""
     model = make_mlp(seed if init_seed is None else init_seed)
 
     def setup(opt):
         sparsifier.prepare(model, optimizer=opt)
         return sparsifier
 
-    train(model, data, lr=lr, total_steps=steps, seed=seed, setup=setup)
+    train(model, data, lr=lr, total_steps=steps, seed=seed, setup=setup, compiled=compiled)
     return evaluate(model, data, finalize_and_measure(model), steps)
 
 

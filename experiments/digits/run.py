@@ -45,6 +45,8 @@ def pick(grid, trials: dict) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed and short training (smoke test)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also train the static-mask rows through sparsec's compiled sparse kernels")
     parser.add_argument("--out", type=Path, default=HERE, help="directory for RESULTS.md, results.json/png")
     args = parser.parse_args()
     # One thread: these matrices are tiny, and a second thread only adds contention on a shared 2-core box.
@@ -104,6 +106,13 @@ def main() -> None:
         for run in runs:
             add("static random mask (ERK)", sp, run)
     log(f"static done, sparse lr={sparse_lr}")
+    if args.compiled:  # the same runs through the compiled kernels: the accuracies must agree
+        for sp in SPARSITIES:
+            for s, eager in zip(seeds, rows[("static random mask (ERK)", sp)], strict=True):
+                run = sparse_from_scratch(data, s, prune.StaticSparsifier(sp, distribution="erk", seed=s),
+                                          sparse_lr, steps, compiled=True)
+                add("static random mask (ERK), compiled kernels", sp, run)
+                log(f"static {sp:.0%} seed {s}: test accuracy eager {eager.test:.2f}%, compiled {run.test:.2f}%")
 
     for s in seeds:
         for sp, (run, masks) in lottery(data, s, lr, steps, rewind_step, list(SPARSITIES)).items():
