@@ -1,8 +1,10 @@
-"""Load time of a saved BERT-base (90% pruned encoder) in a new process, against compiling it there.
+"""Load time of a saved BERT-base (90% pruned encoder) and its warm compile, each in a new process.
 
-Each round starts fresh processes on the same warm kernel cache: ``load`` times ``sparsec.load(path)`` and
-``compile`` times ``sparse_compile`` (both after imports and, for compile, building the model). Rounds
-interleave the two; medians are reported. Writes the ``artifact-load`` section of benchmarks/RESULTS.md.
+Each round starts fresh processes on the same warm caches: ``load`` times ``sparsec.load(path)`` and
+``compile`` times ``sparse_compile`` of the same model (after imports and building the model), which the
+captured-graph cache answers (the parent's compile stored the entry; the child reports whether it hit).
+Rounds interleave the two; medians are reported against the issue's 0.3 s targets. Writes the
+``artifact-load`` section of benchmarks/RESULTS.md; a start load average above 0.5 flags the figures as loaded.
 
     python benchmarks/artifact_load.py            # 5 rounds, 12 layers (~5 min on a quiet 2-core machine)
     python benchmarks/artifact_load.py --quick    # 1 round, 2 layers (< 60 s)
@@ -54,9 +56,12 @@ def _child(mode: str, path: str, state: str, layers: int) -> None:
         t = time.perf_counter()
         cm = sparsec.sparse_compile(model, inputs, target="cpu")
         took = time.perf_counter() - t
+    from sparsec.compiler import graph_cache
+
     t = time.perf_counter()
     cm(*inputs)
-    print(json.dumps({"s": took, "first_call_s": time.perf_counter() - t}))
+    print(json.dumps({"s": took, "first_call_s": time.perf_counter() - t, "graph_cache_hit": graph_cache.STATS["hits"],
+                      "key_s": graph_cache.STATS["key_s"]}))
 
 
 def _run(mode: str, path: Path, state: Path, layers: int, cache: str, threads: int) -> dict:
@@ -67,6 +72,10 @@ def _run(mode: str, path: Path, state: Path, layers: int, cache: str, threads: i
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _met(seconds: float, loaded: bool) -> str:
+    return "(loaded)" if loaded else "met" if seconds < 0.3 else "**missed**"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         cache, state, path = str(Path(tmp) / "cache"), Path(tmp) / "state.pt", Path(tmp) / "bert.sparsec"
         torch.save(model.state_dict(), state)
         os.environ["SPARSEC_CACHE_DIR"] = cache
+        os.environ.pop("SPARSEC_GRAPH_CACHE", None)  # the warm compile measures the captured-graph cache
+        torch.set_num_threads(args.threads)  # the children's thread count: part of the graph cache's key
         cm = sparsec.sparse_compile(model, inputs, target="cpu")
         cm.save(path)
         size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
@@ -104,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     load1, gemm1 = os.getloadavg()[0], _gemm_s()
     med = {m: (statistics.median(r["s"] for r in v), statistics.median(r["first_call_s"] for r in v))
            for m, v in results.items()}
+    hits = sum(1 for r in results["compile"] if r["graph_cache_hit"])
+    key_s = statistics.median(r["key_s"] for r in results["compile"])
+    loaded = load0 > 0.5
     md = "\n".join([
         f"### Saved-model load time: BERT ({layers} layers, 90% pruned encoder), new process each"
         f"{' (--quick)' if args.quick else ''}",
@@ -111,12 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python benchmarks/artifact_load.py{' --quick' if args.quick else ''}"
         f"{f' --rounds {args.rounds}' if args.rounds else ''}`; {rounds} interleaved "
         f"round(s), medians; warm kernel cache; artifact {size_mb:.0f} MB; load average {load0:.1f} -> {load1:.1f}; "
-        f"1024^3 GEMM {gemm0 * 1e3:.1f} -> {gemm1 * 1e3:.1f} ms.",
+        f"1024^3 GEMM {gemm0 * 1e3:.1f} -> {gemm1 * 1e3:.1f} ms; {args.threads} threads"
+        f"{'; **LOADED machine: times are not meaningful**' if loaded else ''}.",
         "",
-        "| step | seconds | first call after it (s) |",
-        "|---|---|---|",
-        f"| `sparsec.load(path)` | {med['load'][0]:.2f} | {med['load'][1]:.3f} |",
-        f"| `sparse_compile(model, ...)` (warm caches) | {med['compile'][0]:.2f} | {med['compile'][1]:.3f} |",
+        "| step (new process) | seconds | target | first call after it (s) |",
+        "|---|---|---|---|",
+        f"| `sparsec.load(path)` | {med['load'][0]:.3f} | < 0.3 s {_met(med['load'][0], loaded)} | "
+        f"{med['load'][1]:.3f} |",
+        f"| `sparse_compile(model, ...)`, captured-graph cache (hit in {hits}/{rounds}; key {key_s:.3f} s) | "
+        f"{med['compile'][0]:.3f} | < 0.3 s {_met(med['compile'][0], loaded)} | {med['compile'][1]:.3f} |",
     ])
     print(md)
     write_section(ROOT / "benchmarks" / "RESULTS.md", "artifact-load", md)

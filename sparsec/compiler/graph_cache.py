@@ -140,7 +140,7 @@ def _structure(model: torch.nn.Module, h) -> list[tuple[str, torch.Tensor]]:
         stores.append(({k: v for k, v in vars(mod).items() if isinstance(v, torch.Tensor) and not k.startswith("_")},
                        "T"))
         for store, kind in stores:
-            for attr, t in store.items():
+            for attr, t in sorted(store.items(), key=lambda kv: kv[0]):  # pruning re-adds `weight` after `bias`
                 if t is None:
                     h.update(f"{kind}{attr}=None;".encode())
                     continue

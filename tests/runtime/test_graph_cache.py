@@ -103,3 +103,21 @@ def test_corrupt_entry_is_dropped_and_recompiled(cache):
     assert _delta(before)["misses"] == 1
     with torch.no_grad():
         torch.testing.assert_close(_out(cm(*inputs)), _out(ref(*inputs)), rtol=0, atol=0)
+
+
+def test_parameter_order_does_not_matter(cache):
+    """A model pruned in this process (pruning re-adds ``weight`` after ``bias``) hits the entry of the same
+    weights loaded from a state dict in another one."""
+    model, inputs = zoo.bert(hidden=64, layers=1, heads=2, inter=256, seq=16)
+    sparsec.sparse_compile(model, inputs, **OPTS)
+    twin = copy.deepcopy(model)
+    for mod in twin.modules():
+        if isinstance(mod, torch.nn.Linear):
+            weight = mod._parameters.pop("weight")
+            mod._parameters["weight"] = weight  # now after bias
+    assert list(dict(twin.encoder.layer[0].output.dense.named_parameters())) == ["bias", "weight"]
+    before = _stats()
+    hit = sparsec.sparse_compile(twin, inputs, **OPTS)
+    assert _delta(before)["hits"] == 1
+    with torch.no_grad():
+        torch.testing.assert_close(_out(hit(*inputs)), _out(twin(*inputs)), rtol=1e-4, atol=1e-4)
