@@ -10,6 +10,7 @@ per-layer report is read off the lowered graph.
 
 from __future__ import annotations
 
+import torch
 from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
@@ -30,6 +31,7 @@ from sparsec.passes import (
     select,
     shrink,
 )
+from sparsec.report.hwfit import fit_from_facts
 from sparsec.report.report import LayerReport, Report
 
 PASSES = [
@@ -93,10 +95,15 @@ def build_report(gm: GraphModule, notes: list[str] | None = None) -> Report:
                          (["residual"] if layer.residual_index is not None else []))
         if layer.format != "dense" and layer.m.bias is not None:
             fused = "bias" + ("+" + fused if fused else "")
+        el = torch.empty((), dtype=layer.dtype).element_size()
+        if layer.format == "dense":
+            stored, sparse_bytes = out_f * in_f, el * out_f * in_f
         rep.layers.append(LayerReport(
             name=layer.name, format=layer.format, shape=(out_f, in_f), n=n, density=layer.facts.density,
             dense_flops=2 * n * out_f * in_f, sparse_flops=2 * n * stored,
-            dense_bytes=4 * out_f * in_f, sparse_bytes=int(sparse_bytes),
+            dense_bytes=el * out_f * in_f, sparse_bytes=int(sparse_bytes),
+            dtype=str(layer.dtype).replace("torch.", ""), activation_bytes=el * n * (in_f + out_f),
+            fit=fit_from_facts(layer.facts),
             predicted_dense_us=pred_dense * 1e6, predicted_us=pred * 1e6, reason=layer.reason, fused=fused,
             measured_dense_us=layer.measured["dense"] * 1e6 if "dense" in layer.measured else None,
             measured_us=layer.measured[layer.format] * 1e6 if layer.format in layer.measured else None,

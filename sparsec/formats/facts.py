@@ -22,6 +22,9 @@ class WeightFacts:
     shape: tuple[int, int]
     nnz: int
     nm: dict[str, bool] = field(default_factory=dict)  # "2:4" -> every group of 4 along `in` holds <= 2
+    # "2:4" -> fraction of the groups that hold <= 2 (only when `in` is a multiple of M; read with getattr:
+    # facts pickled before it existed lack it)
+    nm_fraction: dict[str, float] = field(default_factory=dict)
     block_fill: dict[int, float] = field(default_factory=dict)  # b -> fraction of b x b blocks not all zero
     block_nonzero: dict[int, int] = field(default_factory=dict)  # b -> count of b x b blocks not all zero
     zero_rows: int = 0
@@ -78,6 +81,12 @@ def compute_facts(weight: torch.Tensor) -> WeightFacts:
     facts.nm["2:4"] = bool(count4.max(initial=0) <= 2)
     facts.nm["1:4"] = bool(count4.max(initial=0) <= 1)
     facts.nm["4:8"] = bool((count4[:, 0::2] + count4[:, 1::2]).max(initial=0) <= 4)
+    if in_f % 4 == 0 and out_f:
+        real4 = count4[:out_f, : in_f // 4]
+        facts.nm_fraction["2:4"] = float(np.mean(real4 <= 2))
+        facts.nm_fraction["1:4"] = float(np.mean(real4 <= 1))
+    if in_f % 8 == 0 and out_f:
+        facts.nm_fraction["4:8"] = float(np.mean((count4[:out_f, 0::2] + count4[:out_f, 1::2])[:, : in_f // 8] <= 4))
     any8 = _byte_counts(rows, 8) != 0  # [rows, cols / 8]: any nonzero in 8 columns
     r, c8 = any8.shape
     blocks = any8.reshape(r // 8, 8, c8).any(axis=1)  # 8 x 8 blocks

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsec.formats.facts import BLOCK_SIZES, NM_PATTERNS, compute_facts
+from sparsec.formats.facts import BLOCK_SIZES, NM_PATTERNS, WeightFacts, compute_facts
 
 
 def as_matrix(weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
@@ -33,18 +33,22 @@ def nm_compliance(w: torch.Tensor, n: int, m: int) -> float | None:
 
 def mask_fit(weight: torch.Tensor, transposed: bool = False) -> dict:
     """Every fit measure of one weight (see the module docstring), JSON-able."""
-    w = as_matrix(weight, transposed)
-    facts = compute_facts(w)
+    return fit_from_facts(compute_facts(as_matrix(weight, transposed)))
+
+
+def fit_from_facts(facts: WeightFacts) -> dict:
+    """The fit measures from the analyze pass's facts of a weight (what ``cm.report()`` shows without the weight)."""
     nnz = facts.nnz
+    fractions = getattr(facts, "nm_fraction", {})
     occupancy = {b: facts.block_fill.get(b) for b in BLOCK_SIZES if b in facts.block_fill}
     fill = {b: nnz / max(facts.block_nonzero[b] * b * b, 1) for b in occupancy if b in facts.block_nonzero}
     fit = {
         "density": facts.density,
-        "nm": {f"{n}:{m}": nm_compliance(w, n, m) for n, m in NM_PATTERNS},
+        "nm": {f"{n}:{m}": fractions.get(f"{n}:{m}") for n, m in NM_PATTERNS},
         "block_occupancy": occupancy,
         "block_fill": fill,
-        "empty_rows": facts.zero_rows / max(w.shape[0], 1),
-        "empty_cols": facts.zero_cols / max(w.shape[1], 1),
+        "empty_rows": facts.zero_rows / max(facts.shape[0], 1),
+        "empty_cols": facts.zero_cols / max(facts.shape[1], 1),
     }
     fit["needs"] = needed_format(fit)
     return fit
