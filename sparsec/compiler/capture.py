@@ -53,6 +53,7 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dyn
     was_training = model.training
     model.eval()
     swapped = _swap_inference_tensors(model)
+    args, kwargs = _normal_inputs(args), _normal_inputs(kwargs)
     try:
         if dynamic and not kwargs:  # keyword inputs are captured static: the runtime recompiles per shape
             try:
@@ -108,6 +109,15 @@ def _swap_inference_tensors(model: torch.nn.Module) -> list:
                     store[name] = torch.nn.Parameter(copy, t.requires_grad) if isinstance(t, torch.nn.Parameter) else copy
                     swapped.append((store, name, t))
     return swapped
+
+
+def _normal_inputs(tree):
+    """Example inputs with every inference tensor (made under ``torch.inference_mode()``) replaced by a
+    normal copy: export traces with autograd on and cannot save inference tensors for backward."""
+    def normal(x):
+        return x.detach().clone() if isinstance(x, torch.Tensor) and x.is_inference() else x
+
+    return pytree.tree_map(normal, tree)
 
 
 #: export's message when a model returns an object pytree cannot flatten (an HF DynamicCache, ...)

@@ -122,6 +122,8 @@ class CompiledModel(torch.nn.Module):
             isinstance(a, torch.Tensor) for a in args
         )
         self._train_mods = training.train_mode_modules(model)
+        # a train()/eval() difference that no Dropout/BatchNorm module explains (checked by running it)
+        self._train_dependent = not self._train_mods and training.differs_in_train_mode(model, args, kwargs or {})
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
         self._seed = seed  # a loaded artifact's variant, or program and formats (compiler/artifact.py), used once
@@ -139,6 +141,8 @@ class CompiledModel(torch.nn.Module):
             dynamic = self.options.dynamic and not self._variants
         seed, self._seed = self._seed, None
         training.check_eval(self._train_mods)
+        if self._train_dependent:
+            training.check_eval_root(model)
         if self.options.check_finite:
             finite.check_weights(model)
             finite.check_inputs(pytree.tree_leaves((args, kwargs)))
@@ -234,6 +238,8 @@ class CompiledModel(torch.nn.Module):
             self._check_inputs(flat, spec)
         if self._train_mods:
             training.check_eval(self._train_mods)
+        if self._train_dependent:
+            training.check_eval_root(self._model[0])
         if self.options.check_finite:
             finite.check_inputs(flat)
         with self._lock:

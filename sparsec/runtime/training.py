@@ -56,6 +56,57 @@ def check_eval(mods: list[torch.nn.Module]) -> None:
             )
 
 
+def differs_in_train_mode(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+    """True when ``model`` gives another result on the example inputs in train() mode than in eval() mode.
+
+    Catches what ``train_mode_modules`` cannot see: ``F.dropout(x, p, self.training)``, a branch on
+    ``self.training``, a custom normalization. Runs the model twice under ``torch.no_grad()`` with the same
+    seed (the caller's RNG state, modes and buffer values are restored); a forward that raises counts as
+    no difference (capture reports the problem)."""
+    from torch.utils import _pytree as pytree
+
+    if not isinstance(model, torch.nn.Module):
+        return False
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    outs = []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            for train in (False, True):
+                torch.manual_seed(0)
+                model.train(train)
+                outs.append(pytree.tree_leaves(model(*args, **kwargs)))
+    except Exception:  # noqa: BLE001 - capture raises the error that names the problem
+        return False
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for b, value in buffers:
+                if not torch.equal(b, value):
+                    with torch.inference_mode(b.is_inference()):
+                        b.copy_(value)
+    return len(outs[0]) != len(outs[1]) or not all(_same(a, b) for a, b in zip(*outs, strict=True))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    return type(a) is type(b) and a == b
+
+
+def check_eval_root(model: torch.nn.Module) -> None:
+    """Raise when ``model`` (whose train() result differs from eval(), ``differs_in_train_mode``) is in
+    train() mode: the compiled model computes the eval() result."""
+    if model.training:
+        raise UnsupportedError(
+            f"the model ({type(model).__name__}) is in train() mode and its result in train() mode differs "
+            "from eval() mode on the example inputs (functional dropout, a branch on self.training, ...), "
+            "which the compiled model does not compute (it captures eval() semantics): call model.eval() "
+            "before sparse_compile and before calling the compiled model"
+        )
+
+
 class _RaiseOnBackward(torch.autograd.Function):
     """Identity forward; backward raises: the graph has constants that are not the model's parameters."""
 

@@ -128,3 +128,18 @@ def test_model_built_under_inference_mode():
     with torch.inference_mode():
         want = model(x)
     assert_close(cm(x), want)
+
+
+def test_model_and_example_inputs_made_under_inference_mode():
+    """Inputs made under inference_mode too (export cannot save inference tensors for backward)."""
+    with torch.inference_mode():
+        model = nn.Sequential(_sparse_linear(32, 48, 7), nn.GELU(), _sparse_linear(48, 16, 8)).eval()
+        x = torch.randn(5, 32)
+        want = model(x)
+    cm = sparsec.sparse_compile(model, (x,), **OPTS)
+    assert [r.format for r in cm.report().layers] == ["csr", "csr"]
+    assert_close(cm(x), want)
+    with torch.inference_mode():  # compiling and calling inside inference_mode work as well
+        cm2 = sparsec.sparse_compile(model, (x,), **OPTS)
+        assert_close(cm2(x), want)
+        assert_close(cm(x[:3]), want[:3])
