@@ -69,3 +69,25 @@ def test_mask_change_repacks():
         y = cm(x)
     assert cm._primary is not compiled
     torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_negative_zeros_outside_the_pattern_are_not_a_mask_change():
+    """Multiplicative pruning leaves -0.0 at pruned negative weights: the refresh stays O(nnz), turns them
+    into +0.0 once (equal values), and a real nonzero outside is still seen as a mask change."""
+    from sparsec.targets.cpu.sparse_grad import gather_stored, mask_unchanged
+
+    model = _model()
+    x = torch.randn(16, 64)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format="csr", calibrate=False)
+    cm(x.requires_grad_()).sum().backward()
+    mod = cm.graph_module.sparsec_up
+    w = model.up.weight
+    with torch.no_grad():
+        w[w == 0] = -0.0  # every pruned weight of up
+    assert bool(torch.signbit(w[w == 0]).all())
+    version = w._version
+    assert mask_unchanged(mod, gather_stored(mod))
+    assert not bool(torch.signbit(w[w == 0]).any()) and w._version == version
+    with torch.no_grad():
+        w.view(-1)[int(torch.nonzero(w.view(-1) == 0)[0])] = 1e-3
+    assert not mask_unchanged(mod, gather_stored(mod))

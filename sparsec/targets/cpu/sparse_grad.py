@@ -106,14 +106,20 @@ def mask_unchanged(module, stored: torch.Tensor) -> bool:
 
     Counting the nonzero *bit patterns* of the float32 words is exact and about 8x faster than a float
     compare (numpy on the int view): equal counts mean nothing outside is nonzero. Only when they differ
-    (a -0.0 outside, or a real nonzero) the slower float count decides."""
+    (a -0.0 outside, or a real nonzero) the slower float count decides. Pruning by multiplication leaves
+    -0.0 at the negative pruned weights; when the float count finds only zeros outside, those become
+    +0.0 (equal values, written through ``.data``: no autograd version bump), which optimizers keep
+    (+0 - lr * +0 is +0), so later refreshes take the fast count."""
     w = module.trainable.refs[0].detach()
     if w.dtype != torch.float32 or not w.is_contiguous():
         return int(torch.count_nonzero(w)) == int(torch.count_nonzero(stored))
-    a = w.numpy() if not w.requires_grad else w.detach().numpy()
+    a = w.numpy()
     if np.count_nonzero(a.view(np.int32)) == np.count_nonzero(stored.numpy().view(np.int32)):
         return True
-    return np.count_nonzero(a) == np.count_nonzero(stored.numpy())
+    if np.count_nonzero(a) != np.count_nonzero(stored.numpy()):
+        return False
+    np.copyto(a, np.float32(0.0), where=a == 0)  # -0.0 -> +0.0 in place
+    return True
 
 
 def refresh_values(module, stored: torch.Tensor | None = None) -> None:
