@@ -9,6 +9,8 @@ import hashlib
 from dataclasses import asdict, dataclass
 
 ACTIVATIONS = (None, "relu", "gelu", "silu", "tanh")
+#: kernel element types (MLIR spelling)
+DTYPES = ("f32", "bf16", "f16")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class KernelSpec:
     #: input-dimension tile of the hand CSR kernel (0: untiled): each walk over the rows touches only
     #: ``k_tile`` rows of X^T, so they stay in L1; the runtime passes each tile's row positions
     k_tile: int = 0
+    #: element type of the weight values, the activation, the residual and the output (MLIR spelling:
+    #: ``f32``, ``bf16``, ``f16``); 16-bit kernels extend to f32, accumulate in f32 and round once at
+    #: the store. The bias is always f32.
+    dtype: str = "f32"
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -45,6 +51,8 @@ class KernelSpec:
             raise ValueError(f"form {self.form!r} is not 'scatter', 'dot' or 'natural'")
         if self.index_bits not in (16, 32):
             raise ValueError(f"index_bits must be 16 or 32, got {self.index_bits}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.k_tile < 0:
             raise ValueError(f"k_tile must be >= 0, got {self.k_tile}")
         if self.form == "dot" and self.n != 1:

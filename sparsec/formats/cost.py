@@ -84,3 +84,21 @@ GPU_MACHINE = Machine(
     block_flops=200e12, structured_flops=60e12, bandwidth=2.5e12, threads=1, thread_efficiency=0.0,
     call_overhead=10e-6, torch_overhead=8e-6,
 )
+
+
+#: Built-in rates of 16-bit CPU layers (used when calibration is off): torch's dense bf16/fp16 GEMM
+#: and the 16-bit CSR kernels, measured by ``calibrate.measure(threads, dtype)`` on the project's
+#: 2-core machine (AVX2 + F16C, no AVX512-BF16), 2 threads, load 1.4-1.8 (loaded: rough). Torch's
+#: bf16 GEMM ran at 6 GFLOP/s there (fp32: 34): without AVX512-BF16 it converts. Bandwidths are
+#: fp32-equivalent (4 bytes per element), so the 16-bit bytes saved are in the rate.
+LOWP_RATES: dict[str, dict[str, float]] = {
+    "torch.bfloat16": {"dense_flops": 6e9, "dense_gemv_bw": 32e9, "sparse_flops": 26e9, "sparse_dot_flops": 2.1e9},
+    "torch.float16": {"dense_flops": 8.7e9, "dense_gemv_bw": 47e9, "sparse_flops": 25e9, "sparse_dot_flops": 2.7e9},
+}
+
+
+def lowp_default_machine(dtype, threads: int) -> Machine:
+    """The built-in Machine of a 16-bit dtype's CPU layers (``LOWP_RATES``) for ``threads``."""
+    from dataclasses import replace
+
+    return replace(DEFAULT_MACHINE, threads=threads, **LOWP_RATES[str(dtype)])

@@ -17,6 +17,8 @@ from torch.fx import GraphModule
 from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
+from sparsec.formats.cost import lowp_default_machine
+from sparsec.targets.cpu.sparse_linear import supports_16bit
 from sparsec.targets.gpu.triton_linear import gpu_family
 
 _DENSE = "dense"
@@ -29,6 +31,21 @@ def _candidates(ctx: CompileContext):
             yield fmt
 
 
+_LOWP = (torch.bfloat16, torch.float16)
+
+
+def _cpu_machine(layer, ctx: CompileContext):
+    """The rates a CPU layer is priced with: a 16-bit layer's come from its own calibration (torch's
+    bf16/fp16 GEMM and the 16-bit kernels, measured), or the built-in 16-bit rates without one."""
+    if layer.dtype not in _LOWP:
+        return ctx.machine
+    if ctx.options.calibrate and not ctx.pinned_formats:
+        from sparsec.targets.cpu import calibrate
+
+        return calibrate.machine(ctx.machine.threads, layer.dtype)
+    return lowp_default_machine(layer.dtype, ctx.machine.threads)
+
+
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Choose a format for every analyzed layer."""
     machine = ctx.machine
@@ -38,8 +55,10 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if layer is None:
             continue
         facts = layer.facts
-        if layer.dtype != torch.float32 and ctx.target == "cpu":
-            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype} (the CPU kernels are float32)"
+        if ctx.target == "cpu" and layer.dtype not in (torch.float32, *_LOWP):
+            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype} (the CPU kernels take fp32/bf16/fp16)"
+        elif ctx.target == "cpu" and layer.dtype in _LOWP and layer.m.kind != "linear":
+            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype}: 16-bit CPU kernels run Linear-shaped weights only"
         elif ctx.target != "cpu" and layer.m.kind != "linear":
             layer.format, layer.reason = _DENSE, f"the GPU path runs Linear-shaped weights only (this is {layer.m.kind})"
         elif layer.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -47,7 +66,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         elif facts.numel < ctx.options.min_weight_numel:
             layer.format, layer.reason = _DENSE, f"small weight ({facts.numel} < {ctx.options.min_weight_numel} entries)"
         else:
-            _choose(layer, ctx, machine)
+            _choose(layer, ctx, _cpu_machine(layer, ctx) if ctx.target == "cpu" else machine)
         _pin(layer, ctx)
         layer.verify = _needs_measurement(layer, ctx)
         lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
@@ -70,6 +89,9 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
         why_not = fmt.accepts(facts)
         if why_not is None and ctx.target != "cpu" and fmt.label != _DENSE and gpu_family(fmt) is None:
             why_not = "no Triton kernel for this format"
+        if (why_not is None and ctx.target == "cpu" and layer.dtype in _LOWP and fmt.label != _DENSE
+                and not supports_16bit(fmt)):
+            why_not = f"no {layer.dtype} CPU kernel for this format"
         if why_not is not None:
             layer.rejected[fmt.label] = why_not
             continue

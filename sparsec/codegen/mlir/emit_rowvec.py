@@ -75,11 +75,11 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
         raise ValueError(f"the row-vector kernel handles CSR, not {spec.format}")
     if spec.form == "dot":
         return _emit_dot(spec)
-    r, c, n = spec.rows, spec.cols, spec.n
-    xt, ot = f"memref<{c}x{n}xf32>", f"memref<{r}x{n}xf32>"
+    r, c, n, ft = spec.rows, spec.cols, spec.n, spec.dtype
+    xt, ot = f"memref<{c}x{n}x{ft}>", f"memref<{r}x{n}x{ft}>"
     it = f"i{spec.index_bits}"
     nt = num_tiles(spec)
-    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", "%val: memref<?xf32>"]
+    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", f"%val: memref<?x{ft}>"]
     if nt > 1:  # tpos[t * rows + i]: the first nonzero of row i at column >= t * k_tile
         args.append("%tpos: memref<?xi32>")
     args.append(f"%x: {xt}")
@@ -136,14 +136,66 @@ def _walk(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: st
     return lines
 
 
-def _vtype(width: int) -> str:
-    return "f32" if width == 1 else f"vector<{width}xf32>"
+def _vtype(width: int, elem: str = "f32") -> str:
+    return elem if width == 1 else f"vector<{width}x{elem}>"
+
+
+def _load_f32(spec: KernelSpec, name: str, load: str, width: int) -> list[str]:
+    """``name = load`` (a value of the kernel's dtype), extended to f32 for 16-bit dtypes.
+
+    bf16 widens by bit shifts (exact): LLVM's fpext of bfloat needs AVX512-BF16 or a libcall the JIT
+    does not resolve. f16 uses arith.extf (F16C's vcvtph2ps)."""
+    if spec.dtype == "f32":
+        return [f"{name} = {load}"]
+    h, f = _vtype(width, spec.dtype), _vtype(width)
+    if spec.dtype == "f16":
+        return [f"{name}_h = {load}", f"{name} = arith.extf {name}_h : {h} to {f}"]
+    i16, i32 = _vtype(width, "i16"), _vtype(width, "i32")
+    sixteen = "16 : i32" if width == 1 else f"dense<16> : {i32}"
+    return [f"{name}_h = {load}",
+            f"{name}_b = arith.bitcast {name}_h : {h} to {i16}",
+            f"{name}_e = arith.extui {name}_b : {i16} to {i32}",
+            f"{name}_s16 = arith.constant {sixteen}",
+            f"{name}_u = arith.shli {name}_e, {name}_s16 : {i32}",
+            f"{name} = arith.bitcast {name}_u : {i32} to {f}"]
+
+
+def _to_dtype(spec: KernelSpec, name: str, value: str, width: int) -> tuple[list[str], str]:
+    """Lines rounding the f32 ``value`` to the kernel's dtype (nearest-even), and the rounded value's name.
+
+    bf16 rounds by integer ops (add 0x7fff plus the kept lowest bit, keep the high half; NaN stays a
+    quiet NaN), the same result as torch's float->bfloat16."""
+    if spec.dtype == "f32":
+        return [], value
+    h, f = _vtype(width, spec.dtype), _vtype(width)
+    if spec.dtype == "f16":
+        return [f"{name} = arith.truncf {value} : {f} to {h}"], name
+    i1, i16, i32 = _vtype(width, "i1"), _vtype(width, "i16"), _vtype(width, "i32")
+
+    def c(v: int, ty: str) -> str:
+        return f"{v} : {ty}" if width == 1 else f"dense<{v}> : {_vtype(width, ty)}"
+    return [f"{name}_i = arith.bitcast {value} : {f} to {i32}",
+            f"{name}_c16 = arith.constant {c(16, 'i32')}",
+            f"{name}_c1 = arith.constant {c(1, 'i32')}",
+            f"{name}_cr = arith.constant {c(0x7FFF, 'i32')}",
+            f"{name}_cn = arith.constant {c(0x7FC0, 'i16')}",
+            f"{name}_sh = arith.shrui {name}_i, {name}_c16 : {i32}",
+            f"{name}_lsb = arith.andi {name}_sh, {name}_c1 : {i32}",
+            f"{name}_bias = arith.addi {name}_cr, {name}_lsb : {i32}",
+            f"{name}_rd = arith.addi {name}_i, {name}_bias : {i32}",
+            f"{name}_hi = arith.shrui {name}_rd, {name}_c16 : {i32}",
+            f"{name}_t = arith.trunci {name}_hi : {i32} to {i16}",
+            f"{name}_nan = arith.cmpf uno, {value}, {value} : {f}",
+            f"{name}_q = arith.select {name}_nan, {name}_cn, {name}_t : {i1}, {i16}",
+            f"{name} = arith.bitcast {name}_q : {i16} to {h}"], name
 
 
 def _pass(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: str, it: str,
           init: str = "zero", final: bool = True) -> list[str]:
     """One walk over the row's nonzeros accumulating ``segs`` in registers, then the epilogue."""
     types = [_vtype(w) for _, w in segs]
+    if spec.dtype != "f32" and not (init == "zero" and final):
+        raise ValueError("16-bit CSR kernels are untiled (partial sums between tiles would be rounded)")
     lines = []
     for q, (off, w) in enumerate(segs):
         lines.append(f"    %o{k}_{q} = arith.constant {off} : index")
@@ -161,17 +213,18 @@ def _pass(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: st
     lines += [
         f"      %ki = memref.load %crd[%p] : memref<?x{it}>",
         f"      %kk = arith.index_castui %ki : {it} to index",
-        "      %v = memref.load %val[%p] : memref<?xf32>",
     ]
+    lines += ["      " + ln for ln in _load_f32(spec, "%v", f"memref.load %val[%p] : memref<?x{spec.dtype}>", 1)]
     news = []
     for q, (_, w) in enumerate(segs):
         if w == 1:
-            lines.append(f"      %x{q} = memref.load %x[%kk, %o{k}_{q}] : {xt}")
+            lines += ["      " + ln for ln in _load_f32(spec, f"%x{q}", f"memref.load %x[%kk, %o{k}_{q}] : {xt}", 1)]
             lines.append(f"      %m{q} = arith.mulf %v, %x{q} : f32")
             lines.append(f"      %n{q} = arith.addf %a{k}_{q}, %m{q} : f32")
         else:
             lines.append(f"      %vb{q} = vector.broadcast %v : f32 to {types[q]}")
-            lines.append(f"      %x{q} = vector.load %x[%kk, %o{k}_{q}] : {xt}, {types[q]}")
+            lines += ["      " + ln for ln in _load_f32(
+                spec, f"%x{q}", f"vector.load %x[%kk, %o{k}_{q}] : {xt}, {_vtype(w, spec.dtype)}", w)]
             lines.append(f"      %n{q} = vector.fma %vb{q}, %x{q}, %a{k}_{q} : {types[q]}")
         news.append(f"%n{q}")
     lines.append(f"      scf.yield {', '.join(news)} : {', '.join(types)}")
@@ -198,27 +251,31 @@ def _epilogue(spec: KernelSpec, k: int, q: int, width: int, ty: str, ot: str) ->
     text = b.text().rstrip("\n").split("\n") if b.lines else []
     if spec.residual:
         name = f"%rs{k}_{q}"
-        load = f"memref.load %res[{at}] : {ot}" if width == 1 else f"vector.load %res[{at}] : {ot}, {ty}"
-        text.append(f"    {name} = {load}")
+        hty = _vtype(width, spec.dtype)
+        load = f"memref.load %res[{at}] : {ot}" if width == 1 else f"vector.load %res[{at}] : {ot}, {hty}"
+        text += ["    " + ln for ln in _load_f32(spec, name, load, width)]
         b2 = Builder(ty, indent="    ", prefix=f"r{k}_{q}_")
         v = b2.op("arith.addf", v, name)
         text += b2.text().rstrip("\n").split("\n")
+    cast, v = _to_dtype(spec, f"%h{k}_{q}", v, width)
+    text += ["    " + ln for ln in cast]
+    hty = _vtype(width, spec.dtype)
     store = (f"memref.store {v}, %out[{at}] : {ot}" if width == 1
-             else f"vector.store {v}, %out[{at}] : {ot}, {ty}")
+             else f"vector.store {v}, %out[{at}] : {ot}, {hty}")
     text.append(f"    {store}")
     return text
 
 
 def _emit_dot(spec: KernelSpec) -> str:
     """N == 1: each row gathers x at 16 stored columns at a time (AVX-512 gather), then reduces."""
-    r, c = spec.rows, spec.cols
+    r, c, ft = spec.rows, spec.cols, spec.dtype
     it = f"i{spec.index_bits}"
-    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", "%val: memref<?xf32>", f"%x: memref<{c}xf32>"]
+    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", f"%val: memref<?x{ft}>", f"%x: memref<{c}x{ft}>"]
     if spec.bias:
         args.append(f"%bias: memref<{r}xf32>")
     if spec.residual:
-        args.append(f"%res: memref<{r}xf32>")
-    args.append(f"%out: memref<{r}xf32>")
+        args.append(f"%res: memref<{r}x{ft}>")
+    args.append(f"%out: memref<{r}x{ft}>")
     b = Builder("f32", indent="    ", prefix="d")
     v = "%sum"
     if spec.bias:
@@ -227,6 +284,16 @@ def _emit_dot(spec: KernelSpec) -> str:
     if spec.residual:
         v = b.op("arith.addf", v, "%rv")
     epilogue = b.text()
+    cast, v = _to_dtype(spec, "%vh", v, 1)
+    epilogue += "".join(f"    {ln}\n" for ln in cast)
+    ind = "\n      "
+    vals = ind.join(_load_f32(spec, "%vals", f"vector.load %val[%p] : memref<?x{ft}>, vector<16x{ft}>", 16))
+    gather = ind.join(_load_f32(
+        spec, "%xs", f"vector.gather %xf[%c0][%cols], %all, %zh : memref<?x{ft}>, vector<16xi32>, vector<16xi1>, "
+        f"vector<16x{ft}> into vector<16x{ft}>", 16))
+    w_load = ind.join(_load_f32(spec, "%w", f"memref.load %val[%p] : memref<?x{ft}>", 1))
+    x_load = ind.join(_load_f32(spec, "%xv", f"memref.load %x[%k] : memref<{c}x{ft}>", 1))
+    res_load = "".join(f"    {ln}\n" for ln in _load_f32(spec, "%rv", f"memref.load %res[%i] : memref<{r}x{ft}>", 1))
     return f"""module {{
 func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }} {{
   %c0 = arith.constant 0 : index
@@ -234,10 +301,11 @@ func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }}
   %c16 = arith.constant 16 : index
   %rows = arith.constant {r} : index
   %zv = arith.constant dense<0.0> : vector<16xf32>
+  %zh = arith.constant dense<0.0> : vector<16x{ft}>
   %zs = arith.constant 0.0 : f32
   %all = arith.constant dense<true> : vector<16xi1>
   %zi = arith.constant dense<0> : vector<16xi32>
-  %xf = memref.reinterpret_cast %x to offset: [0], sizes: [{c}], strides: [1] : memref<{c}xf32> to memref<?xf32>
+  %xf = memref.reinterpret_cast %x to offset: [0], sizes: [{c}], strides: [1] : memref<{c}x{ft}> to memref<?x{ft}>
   scf.for %i = %c0 to %rows step %c1 {{
     %p0i = memref.load %pos[%i] : memref<?xi32>
     %i1 = arith.addi %i, %c1 : index
@@ -249,10 +317,10 @@ func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }}
     %vlen = arith.muli %nv, %c16 : index
     %pv = arith.addi %p0, %vlen : index
     %acc = scf.for %p = %p0 to %pv step %c16 iter_args(%a = %zv) -> (vector<16xf32>) {{
-      %vals = vector.load %val[%p] : memref<?xf32>, vector<16xf32>
+      {vals}
       %colsn = vector.load %crd[%p] : memref<?x{it}>, vector<16x{it}>
       {"%cols = arith.extui %colsn : vector<16xi16> to vector<16xi32>" if it == "i16" else "%cols = arith.addi %colsn, %zi : vector<16xi32>"}
-      %xs = vector.gather %xf[%c0][%cols], %all, %zv : memref<?xf32>, vector<16xi32>, vector<16xi1>, vector<16xf32> into vector<16xf32>
+      {gather}
       %an = vector.fma %vals, %xs, %a : vector<16xf32>
       scf.yield %an : vector<16xf32>
     }}
@@ -260,13 +328,13 @@ func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }}
     %sum = scf.for %p = %pv to %p1 step %c1 iter_args(%s = %part) -> (f32) {{
       %ki = memref.load %crd[%p] : memref<?x{it}>
       %k = arith.index_castui %ki : {it} to index
-      %w = memref.load %val[%p] : memref<?xf32>
-      %xv = memref.load %x[%k] : memref<{c}xf32>
+      {w_load}
+      {x_load}
       %m = arith.mulf %w, %xv : f32
       %sn = arith.addf %s, %m : f32
       scf.yield %sn : f32
     }}
-{"    %bs = memref.load %bias[%i] : memref<" + str(r) + "xf32>" + chr(10) if spec.bias else ""}{"    %rv = memref.load %res[%i] : memref<" + str(r) + "xf32>" + chr(10) if spec.residual else ""}{epilogue}    memref.store {v}, %out[%i] : memref<{r}xf32>
+{"    %bs = memref.load %bias[%i] : memref<" + str(r) + "xf32>" + chr(10) if spec.bias else ""}{res_load if spec.residual else ""}{epilogue}    memref.store {v}, %out[%i] : memref<{r}x{ft}>
   }}
   return
 }}

@@ -74,11 +74,15 @@ def nominal_peak_flops(threads: int) -> float | None:
     return threads * mhz * 1e6 * per_cycle
 
 
-def machine_key(threads: int) -> str:
-    """Everything a calibration depends on: CPU, core count, threads, package versions."""
+def machine_key(threads: int, dtype: torch.dtype = torch.float32) -> str:
+    """Everything a calibration depends on: CPU, core count, threads, package versions, and the dtype
+    for 16-bit layers (their rates are measured on their own: torch's bf16/fp16 GEMM and the 16-bit
+    sparse kernels run at rates of their own)."""
     import sparsec
 
     parts = [cpu_name(), str(os.cpu_count()), str(threads), torch.__version__, sparsec.__version__]
+    if dtype != torch.float32:
+        parts.append(str(dtype))
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -103,9 +107,39 @@ def _foreign_load() -> float:
         return 0.0
 
 
-def _dense_probe(g: torch.Generator):
-    w, x = torch.randn(1024, 1024, generator=g), torch.randn(256, 1024, generator=g)
+def _dense_probe(g: torch.Generator, dtype: torch.dtype = torch.float32):
+    w, x = torch.randn(1024, 1024, generator=g).to(dtype), torch.randn(256, 1024, generator=g).to(dtype)
     return (lambda: torch.nn.functional.linear(x, w)), 2.0 * 256 * 1024 * 1024
+
+
+def _probes_16bit(threads: int, dtype: torch.dtype) -> dict:
+    """The probes of a 16-bit calibration: torch's dense GEMM/GEMV and the CSR kernels in ``dtype``.
+
+    Bandwidths count 4 bytes per element (fp32-equivalent), so the cost model's fp32 byte counts
+    divided by them give 16-bit times: the halved bytes are in the rate."""
+    from sparsec.formats import registry
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
+
+    g = torch.Generator().manual_seed(0)
+
+    def kernel(w, n):
+        layer = SparseLinear("calibrate", registry.get_format("csr"), w.to(dtype), None, None, False,
+                             threads=threads)
+        xin = torch.randn(n, w.shape[1], generator=g).to(dtype)
+        return (lambda: layer(xin)), 2.0 * n * layer.stored
+
+    w2, x1 = torch.randn(2048, 2048, generator=g).to(dtype), torch.randn(1, 2048, generator=g).to(dtype)
+    sparse = torch.randn(1024, 1024, generator=g) * (torch.rand(1024, 1024, generator=g) < 0.1)
+    sparse2 = torch.randn(2048, 2048, generator=g) * (torch.rand(2048, 2048, generator=g) < 0.1)
+    one = torch.ones(16, 16, dtype=dtype)
+    xt = torch.randn(1, 16, generator=g).to(dtype)
+    return {
+        "dense_flops": _dense_probe(g, dtype),
+        "dense_gemv_bw": ((lambda: torch.nn.functional.linear(x1, w2)), 4.0 * 2048 * 2048),
+        "sparse_flops": kernel(sparse, 64),
+        "sparse_dot_flops": kernel(sparse2, 1),
+        "torch_overhead": ((lambda: torch.nn.functional.linear(xt, one)), 1.0),
+    }
 
 
 def _probes(threads: int) -> dict:
@@ -154,17 +188,19 @@ def _probes(threads: int) -> dict:
 _CHECKED = ("dense_flops", "sparse_flops", "block_flops", "structured_flops")
 
 
-def measure(threads: int) -> tuple[Machine, list[str]]:
+def measure(threads: int, dtype: torch.dtype = torch.float32) -> tuple[Machine, list[str]]:
     """Run the calibration probes interleaved in ``calibrate_rounds`` rounds; return the rates and the list of signs
-    that the run was disturbed (empty when it looks clean)."""
+    that the run was disturbed (empty when it looks clean). A 16-bit ``dtype`` measures the rates its
+    layers are priced with (dense, csr, bandwidth, overhead); the other rates keep the built-in values."""
     load_before = _foreign_load()
-    probes = _probes(threads)
+    wide = dtype == torch.float32
+    probes = _probes(threads) if wide else _probes_16bit(threads, dtype)
     times: dict[str, list[float]] = {k: [] for k in probes}
     for _ in progress(range(knobs.get("calibrate_rounds")), "sparsec calibrate"):
         for name, (fn, _work) in probes.items():
             times[name].append(_low_time(fn))
     problems = []
-    for name in _CHECKED:
+    for name in (_CHECKED if wide else ("dense_flops", "sparse_flops")):
         spread = max(times[name]) / min(times[name])
         if spread > knobs.get("calibrate_max_spread"):
             problems.append(f"{name} rounds spread {spread:.2f}x (> {knobs.get('calibrate_max_spread')})")
@@ -172,12 +208,12 @@ def measure(threads: int) -> tuple[Machine, list[str]]:
     for name, (_fn, work) in probes.items():
         best = min(times[name])
         rates[name] = best if work == 1.0 else work / best
-    if threads > 1:
+    if threads > 1 and wide:
         one, many = rates.pop("csr_one_thread"), rates.pop("csr_all_threads")
         rates["thread_efficiency"] = min(1.0, max(0.0, (many / one - 1) / (threads - 1)))
     rates["bandwidth"] = rates["dense_gemv_bw"]
     peak = nominal_peak_flops(threads)
-    if peak and rates["dense_flops"] < knobs.get("calibrate_min_peak_fraction") * peak:
+    if peak and wide and rates["dense_flops"] < knobs.get("calibrate_min_peak_fraction") * peak:
         problems.append(
             f"dense GEMM {rates['dense_flops'] / 1e9:.0f} GFLOP/s is below "
             f"{knobs.get('calibrate_min_peak_fraction'):.0%} of the CPU's nominal {peak / 1e9:.0f}"
@@ -188,40 +224,41 @@ def measure(threads: int) -> tuple[Machine, list[str]]:
     return dataclasses.replace(DEFAULT_MACHINE, threads=threads, **rates), problems
 
 
-def _calibrate(threads: int) -> tuple[Machine, list[str]]:
+def _calibrate(threads: int, dtype: torch.dtype) -> tuple[Machine, list[str]]:
     """Measure, retrying a disturbed run ``calibrate_retries`` times."""
     for attempt in range(knobs.get("calibrate_retries") + 1):
         t = time.perf_counter()
-        m, problems = measure(threads)
+        m, problems = measure(threads, dtype)
         log.info("sparsec: calibration %d took %.1f s: %s", attempt + 1, time.perf_counter() - t, m)
         if not problems:
             return m, []
     return m, problems
 
 
-def _still_valid(data: dict) -> bool:
+def _still_valid(data: dict, dtype: torch.dtype) -> bool:
     """A cached calibration is used while it is young and its dense rate is not far below today's."""
     age = time.time() - float(data.get("measured_at", 0))
     if data.get("version") != CACHE_VERSION or age > knobs.get("calibrate_max_age_s"):
         return False
-    fn, work = _dense_probe(torch.Generator().manual_seed(0))
+    fn, work = _dense_probe(torch.Generator().manual_seed(0), dtype)
     now = work / min(_low_time(fn, budget=0.01) for _ in range(2))
     return now <= knobs.get("calibrate_revalidate_faster") * data["machine"]["dense_flops"]
 
 
-def machine(threads: int) -> Machine:
-    """The calibrated Machine for ``threads`` (from memory, disk, or a fresh ~2 s measurement)."""
-    key = machine_key(threads)
+def machine(threads: int, dtype: torch.dtype = torch.float32) -> Machine:
+    """The calibrated Machine for ``threads`` (from memory, disk, or a fresh ~2 s measurement); for a
+    16-bit ``dtype``, the rates of that dtype's layers (measured on first use, cached under its own key)."""
+    key = machine_key(threads, dtype)
     if key in _MEMO:
         return _MEMO[key]
     path = cache_dir() / f"machine-{key}.json" if cache_enabled() else None
     data = read_json(path) if path else None
     fields = {f.name for f in dataclasses.fields(Machine)}
     cached = data.get("machine") if isinstance(data, dict) else None
-    if isinstance(cached, dict) and set(cached) == fields and _still_valid(data):
+    if isinstance(cached, dict) and set(cached) == fields and _still_valid(data, dtype):
         m, STATUS[key] = Machine(**cached), "cached"
     else:
-        m, problems = _calibrate(threads)
+        m, problems = _calibrate(threads, dtype)
         if problems:
             # the measured rates are unreliable: the built-in ones at least keep dense weights dense
             log.warning(

@@ -29,9 +29,31 @@ from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
 from sparsec.formats.cost import parallel_work
 from sparsec.targets.cpu.threads import run_parallel
 
+#: torch dtype -> the kernels' element type (MLIR spelling); 16-bit kernels accumulate in f32
+KERNEL_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def kernel_dtype(dtype: torch.dtype, fmt: SparseFormat) -> str:
+    """The kernel element type for a weight of ``dtype`` in ``fmt``; NotImplementedError where none exists."""
+    if dtype not in KERNEL_DTYPES:
+        raise NotImplementedError(f"no CPU sparse kernel for dtype {dtype} (float32, bfloat16, float16 only)")
+    ft = KERNEL_DTYPES[dtype]
+    if ft != "f32" and not supports_16bit(fmt):
+        raise NotImplementedError(f"no {dtype} CPU kernel for format {fmt.label} yet (CSR only); use float32")
+    return ft
+
+
+def supports_16bit(fmt: SparseFormat) -> bool:
+    """Whether ``fmt`` has bf16/fp16 CPU kernels (the hand CSR kernel)."""
+    return emit_rowvec.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2))
+
 
 class SparseLinear(torch.nn.Module):
-    """``act(x @ W^T + bias) + residual`` with W in a sparse format, run by MLIR-compiled kernels."""
+    """``act(x @ W^T + bias) + residual`` with W in a sparse format, run by MLIR-compiled kernels.
+
+    The layer computes in the weight's dtype (float32, bfloat16 or float16): a 16-bit layer stores
+    16-bit values, takes and returns 16-bit activations, and accumulates in float32 inside the kernel.
+    """
 
     def __init__(
         self,
@@ -51,13 +73,16 @@ class SparseLinear(torch.nn.Module):
         self.out_features, self.in_features = weight.shape
         self.activation = activation
         self.has_residual = has_residual
+        self.dtype = weight.dtype if weight.dtype in KERNEL_DTYPES else torch.float32
+        self.kernel_dtype = kernel_dtype(weight.dtype, fmt) if weight.is_floating_point() else "f32"
         self.slabs = self._pack(weight.detach().float(), bias, max(1, threads))
         self.stored = sum(p.stored for p, _, _ in self.slabs)
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
         # Weight and bias arguments never change: build their descriptors once per slab.
         names = self.fmt.lmap.buffer_names()
         #: the hand BSR kernel reads X as [N, in] and writes Y as [N, out] (no layout copies)
-        self.natural = knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map)
+        self.natural = (knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map)
+                        and self.kernel_dtype == "f32")
         # The hand-written kernels read 16-bit column indices when the columns fit: less index traffic.
         hand = self._csr_kernel() or self.natural
         self.index_bits = 16 if hand and self.slabs[0][0].padded_shape[1] <= 32767 else 32
@@ -65,7 +90,9 @@ class SparseLinear(torch.nn.Module):
         self._kernel_buffers = [[self._narrow(b, p.buffers[b]) for b in names] for p, _, _ in self.slabs]
         # CSR's scatter kernel walks the input in column tiles; each tile's row positions are one more buffer
         # (appended to the slab's kernel buffers, after the format's own)
-        self.k_tile = emit_rowvec.choose_k_tile(self.slabs[0][0].padded_shape[1]) if self._csr_kernel() else 0
+        # (16-bit kernels are untiled: the partial sums kept in the output between tiles would be rounded)
+        self.k_tile = (emit_rowvec.choose_k_tile(self.slabs[0][0].padded_shape[1])
+                       if self._csr_kernel() and self.kernel_dtype == "f32" else 0)
         if self.k_tile:
             for (packed, _, _), bufs in zip(self.slabs, self._kernel_buffers, strict=True):
                 bufs.append(aligned_copy(emit_rowvec.tile_positions(
@@ -101,6 +128,10 @@ class SparseLinear(torch.nn.Module):
         """Route calls that need grad through ``sparsec::sparse_linear`` with grads for these parameters."""
         from sparsec.targets.cpu import sparse_grad
 
+        if self.kernel_dtype != "f32":
+            raise NotImplementedError(
+                f"{self.layer_name}: gradients through {self.dtype} sparse kernels are not implemented; run "
+                "inference under torch.no_grad() or torch.inference_mode(), or train in float32")
         self.trainable = sparse_grad.Trainable(self, weight, bias)
         self._handle = sparse_grad.register(self)
 
@@ -126,9 +157,12 @@ class SparseLinear(torch.nn.Module):
 
     def _narrow(self, name: str, buf):
         """The buffer as the kernel reads it: coordinates as int16 when ``index_bits`` is 16; for the
-        natural BSR kernel, values with each block transposed."""
+        natural BSR kernel, values with each block transposed; 16-bit kernels' values as the bits of
+        their dtype (numpy has no bfloat16: an int16 array of the same bytes)."""
         if self.index_bits == 16 and name.startswith("crd"):
             return aligned_copy(buf.astype("int16"))
+        if self.kernel_dtype != "f32" and name == "values":
+            return aligned_copy(torch.from_numpy(np.ascontiguousarray(buf)).to(self.dtype).view(torch.int16).numpy())
         if self.natural and name == "values":
             bh, bw = self.fmt.lmap.block
             return aligned_copy(emit_bsrvec.transpose_blocks(buf, bh, bw))
@@ -159,6 +193,7 @@ class SparseLinear(torch.nn.Module):
             vl=vector_length(n) if n > 1 else 0,
             index_bits=self.index_bits,
             k_tile=self.k_tile if n > 1 else 0,
+            dtype=self.kernel_dtype,
         )
 
     def kernels(self, n: int) -> list[CompiledKernel]:
@@ -186,8 +221,10 @@ class SparseLinear(torch.nn.Module):
 
     def run(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The kernels' forward, no autograd."""
-        if x.dtype != torch.float32:
-            raise InputError(f"{self.layer_name}: input dtype {x.dtype}, the CPU kernel takes torch.float32")
+        if x.dtype != self.dtype:
+            raise InputError(f"{self.layer_name}: input dtype {x.dtype}, this layer's kernel takes {self.dtype}")
+        if residual is not None and residual.dtype != self.dtype:
+            raise InputError(f"{self.layer_name}: residual dtype {residual.dtype}, this layer computes in {self.dtype}")
         if x.device.type != "cpu":
             raise InputError(f"{self.layer_name}: input on {x.device}, the CPU kernel takes CPU tensors")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -199,7 +236,7 @@ class SparseLinear(torch.nn.Module):
         for s in lead:
             n *= int(s)
         if n == 0:
-            out = torch.zeros(*lead, self.out_features)
+            out = torch.zeros(*lead, self.out_features, dtype=self.dtype)
             return out + residual if residual is not None else out
         x2 = x.reshape(n, self.in_features)
         r2 = residual.reshape(n, self.out_features) if residual is not None else None
@@ -210,7 +247,7 @@ class SparseLinear(torch.nn.Module):
         if n == 1:
             xt = x2.reshape(-1)
             if cols != self.in_features or not xt.is_contiguous():
-                xt = torch.zeros(cols).copy_(torch.nn.functional.pad(xt, (0, cols - self.in_features)))
+                xt = torch.zeros(cols, dtype=self.dtype).copy_(torch.nn.functional.pad(xt, (0, cols - self.in_features)))
         else:
             xt = x2.t()
             if cols != self.in_features:
@@ -218,7 +255,7 @@ class SparseLinear(torch.nn.Module):
             xt = xt.contiguous()
         x_arg = ArgRef(torch_descriptor(xt))
         total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
-        out = torch.empty((total_rows,) if n == 1 else (total_rows, n))
+        out = torch.empty((total_rows,) if n == 1 else (total_rows, n), dtype=self.dtype)
         if knobs.get("poison_outputs"):
             out.fill_(float("nan"))
         tasks, offset = [], 0
@@ -229,7 +266,7 @@ class SparseLinear(torch.nn.Module):
                 args.append(self._bias_args[s])
             res = None
             if r2 is not None:
-                res = torch.zeros((rows,) if n == 1 else (rows, n))
+                res = torch.zeros((rows,) if n == 1 else (rows, n), dtype=self.dtype)
                 res[: r1 - r0] = r2[:, r0:r1].reshape(-1) if n == 1 else r2[:, r0:r1].t()
                 args.append(ArgRef(torch_descriptor(res)))
             o = out[offset : offset + rows]
