@@ -35,7 +35,7 @@ def fresh(tmp_path, monkeypatch):
 def test_disturbed_calibration_is_retried_replaced_and_not_cached(fresh, monkeypatch):
     calls = []
 
-    def disturbed(threads):
+    def disturbed(threads, dtype=None):
         calls.append(threads)
         return POISONED, ["dense_flops rounds spread 3.00x (> 1.5)"]
 
