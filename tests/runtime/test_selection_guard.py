@@ -35,7 +35,7 @@ def fresh(tmp_path, monkeypatch):
 def test_disturbed_calibration_is_retried_replaced_and_not_cached(fresh, monkeypatch):
     calls = []
 
-    def disturbed(threads, dtype=None):
+    def disturbed(threads):
         calls.append(threads)
         return POISONED, ["dense_flops rounds spread 3.00x (> 1.5)"]
 
@@ -49,7 +49,7 @@ def test_disturbed_calibration_is_retried_replaced_and_not_cached(fresh, monkeyp
 
 def test_retry_that_comes_out_clean_is_cached(fresh, monkeypatch):
     results = [(POISONED, ["load"]), (DEFAULT_MACHINE, [])]
-    monkeypatch.setattr(calibrate, "measure", lambda threads, dtype=None: results.pop(0))
+    monkeypatch.setattr(calibrate, "measure", lambda threads: results.pop(0))
     assert calibrate.machine(2) == DEFAULT_MACHINE and calibrate.describe(2) == "measured"
     assert len(list(fresh.glob("machine-*.json"))) == 1
 
@@ -61,7 +61,7 @@ def test_measure_flags_a_dense_rate_far_below_peak(monkeypatch):
 
 
 def test_cached_calibration_expires_and_is_revalidated(fresh, monkeypatch):
-    monkeypatch.setattr(calibrate, "measure", lambda threads, dtype=None: (DEFAULT_MACHINE, []))
+    monkeypatch.setattr(calibrate, "measure", lambda threads: (DEFAULT_MACHINE, []))
     calibrate.machine(2)
     (path,) = fresh.glob("machine-*.json")
     data = json.loads(path.read_text())
@@ -78,7 +78,7 @@ def test_cached_calibration_expires_and_is_revalidated(fresh, monkeypatch):
     calibrate.machine(2)
     assert calibrate.describe(2) == "measured"
     monkeypatch.setattr(calibrate, "_MEMO", {})
-    monkeypatch.setattr(calibrate, "measure", lambda threads, dtype=None: pytest.fail("a valid cache was remeasured"))
+    monkeypatch.setattr(calibrate, "measure", lambda threads: pytest.fail("a valid cache was remeasured"))
     assert calibrate.machine(2) == DEFAULT_MACHINE and calibrate.describe(2) == "cached"
 
 

@@ -228,7 +228,7 @@ def _calibrate(threads: int, dtype: torch.dtype) -> tuple[Machine, list[str]]:
     """Measure, retrying a disturbed run ``calibrate_retries`` times."""
     for attempt in range(knobs.get("calibrate_retries") + 1):
         t = time.perf_counter()
-        m, problems = measure(threads, dtype)
+        m, problems = measure(threads) if dtype == torch.float32 else measure(threads, dtype)
         log.info("sparsec: calibration %d took %.1f s: %s", attempt + 1, time.perf_counter() - t, m)
         if not problems:
             return m, []
