@@ -147,3 +147,44 @@ def test_dense_weight_grads_on_request(fmt, at):
     assert len(dense) == 2
     torch.testing.assert_close(model.up.weight.grad, want["up.weight"] * (model.up.weight != 0),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_bert_layer_gradients_match_eager():
+    """A transformers BertLayer (attention, GELU MLP, LayerNorm, residuals): every parameter's gradient."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    cfg = transformers.BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    layer = BertLayer(cfg)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x)[0]
+
+    model = Wrap().eval()
+    gen = torch.Generator().manual_seed(0)
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for n in linears:
+        prune_(model.get_submodule(n).weight, "csr", gen)
+    x = torch.randn(2, 16, 64, generator=gen)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format="csr", calibrate=False, min_weight_numel=0)
+    assert {layer.format for layer in cm.report().layers} == {"csr"}
+    r = torch.randn(2, 16, 64, generator=gen)  # the output is LayerNorm'd: sum(y^2) is nearly constant
+
+    def proj(fn):
+        return lambda t: fn(t) * r  # grads() takes sum((y * r)^2)
+
+    gx_e, gp_e = grads(model, proj(model), x)
+    gx_c, gp_c = grads(model, proj(cm), x)
+    assert torch.linalg.norm(gx_c - gx_e) <= 1e-4 * torch.linalg.norm(gx_e)
+    for name, p in model.named_parameters():
+        sparse = name.rsplit(".", 1)[0] in linears and name.endswith("weight")
+        want = gp_e[name] * (p != 0) if sparse else gp_e[name]
+        assert torch.linalg.norm(gp_c[name] - want) <= 1e-4 * torch.linalg.norm(want) + 1e-7, name
