@@ -113,11 +113,15 @@ def write_markdown(rows: Rows, claims: list[dict], config: dict, path: Path) -> 
     s, n = config["setup"], len(config["seeds"])
     split = ", ".join(f"{p['name']} {p['files']} files / {p['bytes']:,} bytes (sha256 {p['sha256_12']})"
                       for p in config["splits"])
+    sp_info = config.get("speed", {"mode": "inline"})
+    flags = " --defer-speed" if sp_info["mode"] != "inline" else ""
+    second = (f" with `{config['second_process']}` started next to it in a second process once the dense "
+              "runs were cached (2 processes, 1 thread each)") if config.get("second_process") else ""
     lines = [
         "# sparsec.prune on a byte-level language model (the Python standard library's source)",
         "",
-        f"Regenerate: `python experiments/lm/run.py{' --quick' if config['quick'] else ''}` (CPU, 1 thread; this "
-        f"run took {config['elapsed_s'] / 60:.1f} min with the 1-minute load average between "
+        f"Regenerate: `python experiments/lm/run.py{' --quick' if config['quick'] else ''}{flags}`{second} "
+        f"(CPU, 1 thread per process, `nice -n 19`; this run took {config['elapsed_s'] / 60:.1f} min with the 1-minute load average between "
         f"{config['load_min']:.1f} and {config['load_max']:.1f} on a 2-core machine; "
         f"{config['cache']['hits']} of {config['cache']['hits'] + config['cache']['misses']} runs came from the "
         f"cache `{config['cache']['key']}`; the reported runs' own times add up to {config['run_seconds'] / 60:.1f} min; torch {config['versions']['torch']}, transformers "
@@ -191,12 +195,29 @@ def write_markdown(rows: Rows, claims: list[dict], config: dict, path: Path) -> 
         "",
         "## Compiled speed (seed 0's model of each row): `sparse_compile` vs eager, same process",
         "",
+    ]
+    if sp_info["mode"] == "deferred":
+        lines += ["**Not measured in this run**: the machine was shared, so the full run only kept seed 0's "
+                  "finalized models in the cache. Time them with `python experiments/lm/run.py --speed-only` "
+                  "(same --cache; trains nothing, rewrites this file with the table below filled in).", ""]
+    elif sp_info["mode"] == "speed-only":
+        loaded = max(sp_info["load_start"], sp_info["load_end"]) > 1.0
+        lines += [f"Measured by `python experiments/lm/run.py --speed-only` from the cached models in "
+                  f"{sp_info['elapsed_s'] / 60:.1f} min, 1-minute load average {sp_info['load_start']:.1f} at "
+                  f"its start and {sp_info['load_end']:.1f} at its end"
+                  + (" **(loaded: not a quiet-machine figure)**." if loaded else "."), ""]
+    lines += [
         f"Input: one batch of {s['batch']}×{s['seq']} test bytes; CPU time per forward call of this process "
         "(`time.process_time`, 1 thread), median of 7 interleaved rounds of 3 calls. The machine was shared "
         "(load column: 1-minute load average when the model was measured), so these are CPU-time ratios "
         "in one process, not wall-clock speed-ups; rerun on a quiet machine for those. Formats: what the cost "
         "model chose for the block Linears. max |Δ| is the largest logit difference from eager.",
         "",
+    ]
+    if sp_info["mode"] == "deferred":
+        path.write_text("\n".join(lines) + "\n")
+        return
+    lines += [
         "| method | target | formats | eager ms | compiled ms | eager / compiled | compile s | max abs diff | load |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
