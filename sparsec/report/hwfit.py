@@ -54,6 +54,18 @@ def fit_from_facts(facts: WeightFacts) -> dict:
     return fit
 
 
+def format_work(fit: dict) -> dict[str, float]:
+    """Each candidate format's relative work for this mask, dense = 1 (the rules of :func:`needed_format`)."""
+    work = {"dense": 1.0, "csr": 2.0 * fit["density"]}
+    for pat, ok in fit["nm"].items():
+        if ok == 1.0:
+            n, m = (int(v) for v in pat.split(":"))
+            work[f"nm{pat}"] = 1.1 * n / m
+    for b, occ in fit["block_occupancy"].items():
+        work[f"bsr{b}x{b}"] = occ
+    return work
+
+
 def needed_format(fit: dict) -> str:
     """The format a mask like this runs in for the least work, by rule (the compiler's cost model decides per N).
 
@@ -62,13 +74,7 @@ def needed_format(fit: dict) -> str:
     value and irregular access); channel removal when a quarter of the rows are empty. Dense when nothing is
     below 0.8 (a sparse kernel's overhead eats a smaller gain).
     """
-    work = {"dense": 1.0, "csr": 2.0 * fit["density"]}
-    for pat, ok in fit["nm"].items():
-        if ok == 1.0:
-            n, m = (int(v) for v in pat.split(":"))
-            work[f"nm{pat}"] = 1.1 * n / m
-    for b, occ in fit["block_occupancy"].items():
-        work[f"bsr{b}x{b}"] = occ
+    work = format_work(fit)
     best = min(work, key=work.get)
     if fit["empty_rows"] >= 0.25 and best == "dense":
         return "shrink (drop empty channels)"

@@ -1,14 +1,22 @@
-"""PNG figures of a profile: per-layer mask heatmap and per-layer time breakdown (matplotlib, Agg backend)."""
+"""PNG figures of a profile (matplotlib, Agg backend): per-layer mask heatmap, per-layer time breakdown, and
+speedup against density per format.
+
+``speedup.png`` draws, for every layer, each format's speedup by the fit rule (``1 / work`` of
+:func:`sparsec.report.hwfit.format_work`: lines, one per format family) and, for a compiled model, the
+cost model's estimate and autotune's measurement of the format each layer got (markers)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sparsec.report.hwfit import format_work
 from sparsec.report.profile import ProfileReport
+from sparsec.report.report import Report
 
 
-def write_plots(rep: ProfileReport, out_dir: str | Path) -> list[Path]:
-    """Write ``density.png`` (layers x density / 2:4 / block occupancy) and ``time.png``; returns the paths."""
+def write_plots(rep: ProfileReport, out_dir: str | Path, compiled: Report | None = None) -> list[Path]:
+    """Write ``density.png`` (layers x density / 2:4 / block occupancy), ``time.png`` and ``speedup.png``
+    (with ``compiled``, a CompiledModel's ``report()``, its layers' formats too); returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,4 +55,43 @@ def write_plots(rep: ProfileReport, out_dir: str | Path) -> list[Path]:
     paths.append(out / "time.png")
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
+    paths.append(_speedup_plot(plt, rep, compiled, out / "speedup.png"))
     return paths
+
+
+def _family(fmt: str) -> str:
+    return fmt[:5] if fmt.startswith("nm") else fmt
+
+
+def _speedup_plot(plt, rep: ProfileReport, compiled: Report | None, path: Path) -> Path:
+    """Speedup against density, per format: the fit rule for every layer, the compiled choice when given."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for x in rep.layers:
+        if not x.fit:
+            continue
+        for fmt, work in format_work(x.fit).items():
+            if fmt != "dense":
+                series.setdefault(_family(fmt), []).append((x.fit["density"], 1.0 / max(work, 1e-3)))
+    for fmt, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linewidth=1, label=f"{fmt} (fit rule)")
+    for r in compiled.layers if compiled is not None else []:
+        ax.scatter([r.density], [r.est_speedup], marker="x", color="black")
+        if r.measured_us and r.measured_dense_us:
+            ax.scatter([r.density], [r.measured_dense_us / r.measured_us], marker="o", facecolors="none",
+                       edgecolors="red")
+    if compiled is not None:
+        ax.scatter([], [], marker="x", color="black", label="compiled layer, cost model")
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="red", label="compiled layer, autotune measured")
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xlabel("weight density")
+    ax.set_ylabel("speedup over dense")
+    ax.set_yscale("log")
+    ax.set_title("speedup vs density per format")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
