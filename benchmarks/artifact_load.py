@@ -39,6 +39,8 @@ def _child(mode: str, path: str, state: str, layers: int) -> None:
     import logging
 
     logging.getLogger("torch._export").setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("sparsec").setLevel(logging.INFO)  # the graph cache's hit / miss lines, on stderr
     import sparsec
     from sparsec.bench.e2e import bert_model
 
@@ -71,7 +73,10 @@ def _run(mode: str, path: Path, state: Path, layers: int, cache: str, threads: i
                           env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if mode == "compile" and not out["graph_cache_hit"]:
+        print(f"compile child missed the graph cache; its log:\n{proc.stderr[-3000:]}", file=sys.stderr)
+    return out
 
 
 def _met(seconds: float, loaded: bool) -> str:
