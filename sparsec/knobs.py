@@ -66,6 +66,8 @@ _TABLE: tuple[Knob, ...] = (
     Knob("parallel_min_work", int, 2_000_000, None, "CPU: below this work a call runs on one thread"),
     Knob("bsr_vector_kernel", bool, True, None,
          "CPU BSR layers run the hand-scheduled natural-layout kernel (False: the sparsifier's)"),
+    Knob("csr_natural_kernel", bool, True, None,
+         "CPU CSR layers at N >= 2 read X [N, in] and write Y [N, out] (False: the Y^T = W X^T kernel)"),
     Knob("csr_k_tile", int, 128, None,
          "CPU CSR kernel: input columns per tile (X^T rows one walk touches, L1-sized); 0 untiled"),
     Knob("diag_max_density", float, 0.5, None, "diag scaling is matched only at or below this density"),

@@ -117,11 +117,14 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
 
 
 def _walk(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: str, it: str,
-          positions: str, base: str, init: str, final: bool) -> list[str]:
+          positions: str, base: str, init: str, final: bool, lo: str = "%c0", hi: str = "%rows",
+          **where: str | bool | None) -> list[str]:
     """One loop over all rows: row i walks nonzeros ``positions[base + i] .. positions[base + i + 1]``
-    (``base`` steps by ``rows`` per tile in ``tpos``), starting from zeros or the partial sums in out."""
+    (``base`` steps by ``rows`` per tile in ``tpos``), starting from zeros or the partial sums in out.
+    ``lo``/``hi`` bound the rows walked; ``where`` renames the buffers for kernels that walk scratch
+    panels (see ``_pass``)."""
     lines = [
-        "  scf.for %i = %c0 to %rows step %c1 {",
+        f"  scf.for %i = {lo} to {hi} step %c1 {{",
         f"    %q0 = arith.addi {base}, %i : index",
         "    %q1 = arith.addi %q0, %c1 : index" if positions == "%pos" else "    %q1 = arith.addi %q0, %rows : index",
         f"    %p0i = memref.load {positions}[%q0] : memref<?xi32>",
@@ -131,7 +134,7 @@ def _walk(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: st
     ]
     if spec.bias and final:
         lines.append(f"    %bs = memref.load %bias[%i] : memref<{spec.rows}xf32>")
-    lines += _pass(spec, k, segs, xt, ot, it, init, final)
+    lines += _pass(spec, k, segs, xt, ot, it, init, final, **where)
     lines.append("  }")
     return lines
 
@@ -191,8 +194,13 @@ def _to_dtype(spec: KernelSpec, name: str, value: str, width: int) -> tuple[list
 
 
 def _pass(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: str, it: str,
-          init: str = "zero", final: bool = True) -> list[str]:
-    """One walk over the row's nonzeros accumulating ``segs`` in registers, then the epilogue."""
+          init: str = "zero", final: bool = True, xbuf: str = "%x", obuf: str = "%out",
+          kshift: str | None = None, residual: bool = True) -> list[str]:
+    """One walk over the row's nonzeros accumulating ``segs`` in registers, then the epilogue.
+
+    ``xbuf``/``obuf`` name the X^T panel and the output read/written; ``kshift`` (an index value) is
+    subtracted from each stored column (a panel holding only one input tile); ``residual=False`` leaves
+    the residual to the caller."""
     types = [_vtype(w) for _, w in segs]
     if spec.dtype != "f32" and not (init == "zero" and final):
         raise ValueError("16-bit CSR kernels are untiled (partial sums between tiles would be rounded)")
@@ -203,43 +211,45 @@ def _pass(spec: KernelSpec, k: str, segs: list[tuple[int, int]], xt: str, ot: st
             zero = "0.0 : f32" if w == 1 else f"dense<0.0> : {types[q]}"
             lines.append(f"    %z{k}_{q} = arith.constant {zero}")
         elif w == 1:
-            lines.append(f"    %z{k}_{q} = memref.load %out[%i, %o{k}_{q}] : {ot}")
+            lines.append(f"    %z{k}_{q} = memref.load {obuf}[%i, %o{k}_{q}] : {ot}")
         else:
-            lines.append(f"    %z{k}_{q} = vector.load %out[%i, %o{k}_{q}] : {ot}, {types[q]}")
+            lines.append(f"    %z{k}_{q} = vector.load {obuf}[%i, %o{k}_{q}] : {ot}, {types[q]}")
     iters = ", ".join(f"%a{k}_{q} = %z{k}_{q}" for q in range(len(segs)))
     lines.append(
         f"    %acc{k}:{len(segs)} = scf.for %p = %p0 to %p1 step %c1 iter_args({iters}) -> ({', '.join(types)}) {{"
     )
     lines += [
         f"      %ki = memref.load %crd[%p] : memref<?x{it}>",
-        f"      %kk = arith.index_castui %ki : {it} to index",
+        f"      %{'kc' if kshift else 'kk'} = arith.index_castui %ki : {it} to index",
+        *([f"      %kk = arith.subi %kc, {kshift} : index"] if kshift else []),
     ]
     lines += ["      " + ln for ln in _load_f32(spec, "%v", f"memref.load %val[%p] : memref<?x{spec.dtype}>", 1)]
     news = []
     for q, (_, w) in enumerate(segs):
         if w == 1:
-            lines += ["      " + ln for ln in _load_f32(spec, f"%x{q}", f"memref.load %x[%kk, %o{k}_{q}] : {xt}", 1)]
+            lines += ["      " + ln for ln in _load_f32(spec, f"%x{q}", f"memref.load {xbuf}[%kk, %o{k}_{q}] : {xt}", 1)]
             lines.append(f"      %m{q} = arith.mulf %v, %x{q} : f32")
             lines.append(f"      %n{q} = arith.addf %a{k}_{q}, %m{q} : f32")
         else:
             lines.append(f"      %vb{q} = vector.broadcast %v : f32 to {types[q]}")
             lines += ["      " + ln for ln in _load_f32(
-                spec, f"%x{q}", f"vector.load %x[%kk, %o{k}_{q}] : {xt}, {_vtype(w, spec.dtype)}", w)]
+                spec, f"%x{q}", f"vector.load {xbuf}[%kk, %o{k}_{q}] : {xt}, {_vtype(w, spec.dtype)}", w)]
             lines.append(f"      %n{q} = vector.fma %vb{q}, %x{q}, %a{k}_{q} : {types[q]}")
         news.append(f"%n{q}")
     lines.append(f"      scf.yield {', '.join(news)} : {', '.join(types)}")
     lines.append("    }")
     for q, (_, w) in enumerate(segs):
         if final:
-            lines += _epilogue(spec, k, q, w, types[q], ot)
+            lines += _epilogue(spec, k, q, w, types[q], ot, obuf, residual)
         elif w == 1:
-            lines.append(f"    memref.store %acc{k}#{q}, %out[%i, %o{k}_{q}] : {ot}")
+            lines.append(f"    memref.store %acc{k}#{q}, {obuf}[%i, %o{k}_{q}] : {ot}")
         else:
-            lines.append(f"    vector.store %acc{k}#{q}, %out[%i, %o{k}_{q}] : {ot}, {types[q]}")
+            lines.append(f"    vector.store %acc{k}#{q}, {obuf}[%i, %o{k}_{q}] : {ot}, {types[q]}")
     return lines
 
 
-def _epilogue(spec: KernelSpec, k: int, q: int, width: int, ty: str, ot: str) -> list[str]:
+def _epilogue(spec: KernelSpec, k: int, q: int, width: int, ty: str, ot: str, obuf: str = "%out",
+              residual: bool = True) -> list[str]:
     """bias, activation and residual on the accumulator register, then one store."""
     b = Builder(ty, indent="    ", prefix=f"e{k}_{q}_")  # a prefix per segment keeps SSA names unique
     v = f"%acc{k}#{q}"
@@ -249,7 +259,7 @@ def _epilogue(spec: KernelSpec, k: int, q: int, width: int, ty: str, ot: str) ->
     v = activation(b, spec.activation, v)
     at = f"%i, %o{k}_{q}"
     text = b.text().rstrip("\n").split("\n") if b.lines else []
-    if spec.residual:
+    if spec.residual and residual:
         name = f"%rs{k}_{q}"
         hty = _vtype(width, spec.dtype)
         load = f"memref.load %res[{at}] : {ot}" if width == 1 else f"vector.load %res[{at}] : {ot}, {hty}"
@@ -260,8 +270,8 @@ def _epilogue(spec: KernelSpec, k: int, q: int, width: int, ty: str, ot: str) ->
     cast, v = _to_dtype(spec, f"%h{k}_{q}", v, width)
     text += ["    " + ln for ln in cast]
     hty = _vtype(width, spec.dtype)
-    store = (f"memref.store {v}, %out[{at}] : {ot}" if width == 1
-             else f"vector.store {v}, %out[{at}] : {ot}, {hty}")
+    store = (f"memref.store {v}, {obuf}[{at}] : {ot}" if width == 1
+             else f"vector.store {v}, {obuf}[{at}] : {ot}, {hty}")
     text.append(f"    {store}")
     return text
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sparsec.codegen.mlir import disk_cache, emit_bsrvec, emit_rowvec
+from sparsec.codegen.mlir import disk_cache, emit_bsrvec, emit_csrnat, emit_rowvec
 from sparsec.codegen.mlir.emit import emit_kernel
 from sparsec.codegen.mlir.emit_sddmm import SddmmSpec
 from sparsec.codegen.mlir.pipeline import pipeline_text, run_pipeline, vector_pipeline_text
@@ -121,6 +121,8 @@ def compile_kernel(spec: KernelSpec | SddmmSpec, opt_level: int = 3) -> Compiled
         emit_mlir = getattr(spec, "emit_mlir", None)  # kernels that bring their own source (emit_sddmm)
         if emit_mlir is not None:
             source, pipeline = emit_mlir()
+        elif emit_csrnat.supports(spec):  # hand-blocked CSR reading X [N, in], writing Y [N, out]
+            source, pipeline = emit_csrnat.emit_csrnat_kernel(spec), vector_pipeline_text()
         elif emit_rowvec.supports(spec):  # hand-blocked CSR: faster than the sparsifier's loop
             source, pipeline = emit_rowvec.emit_rowvec_kernel(spec), vector_pipeline_text()
         elif emit_bsrvec.supports(spec):  # hand-blocked BSR in the natural layout

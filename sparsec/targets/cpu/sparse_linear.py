@@ -4,9 +4,10 @@ It holds the packed weight, split into row slabs (one per thread), and calls the
 each slab. Kernels are specialized to the row count N of the call and shared through the kernel cache,
 so a new batch size costs one compile per distinct (slab shape, format, epilogue), not per layer.
 
-Data layout: for N >= 2 the kernel computes Y^T = W X^T (the dense N dimension innermost, vectorized);
-the activation is transposed into [in, N] and the result is returned as a transposed view, so a chain of
-sparse layers passes [out, N] buffers along without copies. For N == 1 the dot form reads x directly.
+Data layout: the hand CSR and BSR kernels read X as [N, in] and write Y as [N, out] ("natural" form; CSR
+transposes 8x8 tiles of X into an L1 panel inside the kernel). With knob ``csr_natural_kernel`` off, CSR
+at N >= 2 computes Y^T = W X^T: the activation is transposed into [in, N] and the result is returned as a
+transposed view. For N == 1 CSR's dot form reads x directly.
 """
 
 from __future__ import annotations
@@ -80,11 +81,15 @@ class SparseLinear(torch.nn.Module):
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
         # Weight and bias arguments never change: build their descriptors once per slab.
         names = self.fmt.lmap.buffer_names()
-        #: the hand BSR kernel reads X as [N, in] and writes Y as [N, out] (no layout copies)
-        self.natural = (knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map)
-                        and self.kernel_dtype == "f32")
+        #: the hand BSR kernel reads X as [N, in] and writes Y as [N, out] (no layout copies), its values
+        #: stored with each block transposed
+        self.bsr_natural = (knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map)
+                            and self.kernel_dtype == "f32")
+        #: the kernels read X as [N, in] and write Y as [N, out] (BSR at any N, f32 CSR at N >= 2)
+        self.natural = self.bsr_natural or (self._csr_kernel() and knobs.get("csr_natural_kernel")
+                                            and self.kernel_dtype == "f32")
         # The hand-written kernels read 16-bit column indices when the columns fit: less index traffic.
-        hand = self._csr_kernel() or self.natural
+        hand = self._csr_kernel() or self.bsr_natural
         self.index_bits = 16 if hand and self.slabs[0][0].padded_shape[1] <= 32767 else 32
         # the kernels' view of each slab's buffers; kept here because descriptors hold raw pointers
         self._kernel_buffers = [[self._narrow(b, p.buffers[b]) for b in names] for p, _, _ in self.slabs]
@@ -163,14 +168,14 @@ class SparseLinear(torch.nn.Module):
             return aligned_copy(buf.astype("int16"))
         if self.kernel_dtype != "f32" and name == "values":
             return aligned_copy(torch.from_numpy(np.ascontiguousarray(buf)).to(self.dtype).view(torch.int16).numpy())
-        if self.natural and name == "values":
+        if self.bsr_natural and name == "values":
             bh, bw = self.fmt.lmap.block
             return aligned_copy(emit_bsrvec.transpose_blocks(buf, bh, bw))
         return buf
 
     def sync_values(self) -> None:
         """Re-derive the kernels' copies of the packed values after they changed in place (training)."""
-        if not self.natural:
+        if not self.bsr_natural:
             return
         bh, bw = self.fmt.lmap.block
         at = self.fmt.lmap.buffer_names().index("values")
@@ -186,7 +191,7 @@ class SparseLinear(torch.nn.Module):
             rows=rows,
             cols=cols,
             n=n,
-            form="natural" if self.natural else "dot" if n == 1 else "scatter",
+            form="natural" if self._natural_at(n) else "dot" if n == 1 else "scatter",
             bias=self.slabs[0][1] is not None,
             activation=self.activation,
             residual=self.has_residual,
@@ -195,6 +200,10 @@ class SparseLinear(torch.nn.Module):
             k_tile=self.k_tile if n > 1 else 0,
             dtype=self.kernel_dtype,
         )
+
+    def _natural_at(self, n: int) -> bool:
+        """Whether a call with ``n`` input rows runs the natural-layout kernels (CSR's N = 1 is the dot form)."""
+        return self.bsr_natural or (self.natural and n > 1)
 
     def kernels(self, n: int) -> list[CompiledKernel]:
         """The compiled kernel of every slab for ``n`` input rows (compiled on first use)."""
@@ -240,7 +249,7 @@ class SparseLinear(torch.nn.Module):
             return out + residual if residual is not None else out
         x2 = x.reshape(n, self.in_features)
         r2 = residual.reshape(n, self.out_features) if residual is not None else None
-        if self.natural:
+        if self._natural_at(n):
             return self._run_natural(x2, r2, n).reshape(*lead, self.out_features)
         cols = self.slabs[0][0].padded_shape[1]
         kernels = self.kernels(n)
@@ -300,7 +309,7 @@ class SparseLinear(torch.nn.Module):
         tasks, offset = [], 0
         for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
             rows = packed.padded_shape[0]
-            args = [*self._fixed_args[s], x_arg]
+            args = [*self._fixed_args[s], *self._tile_args[s : s + 1], x_arg]
             if self._bias_args[s] is not None:
                 args.append(self._bias_args[s])
             res = None

@@ -31,20 +31,52 @@ from tests.conftest import assert_close, random_weight, reference
     act=st.sampled_from([None, "relu", "gelu"]),
     residual=st.booleans(),
     threads=st.sampled_from([1, 2]),
+    natural=st.booleans(),
     seed=st.integers(0, 1000),
 )
-def test_tiled_csr_matches_dense(rows, cols, n, density, k_tile, bias, act, residual, threads, seed):
+def test_tiled_csr_matches_dense(rows, cols, n, density, k_tile, bias, act, residual, threads, natural, seed):
+    """Both CSR layouts: natural (X [N, in] -> Y [N, out], the default) and Y^T = W X^T."""
     w = random_weight(rows, cols, density, seed)
     w[seed % rows] = 0  # always one empty row
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, cols, generator=g)
     b = torch.randn(rows, generator=g) if bias else None
     r = torch.randn(n, rows, generator=g) if residual else None
-    with knobs.scope(csr_k_tile=k_tile):
+    with knobs.scope(csr_k_tile=k_tile, csr_natural_kernel=natural):
         layer = SparseLinear("t", registry.get_format("csr"), w, b, act, residual, threads=threads)
     assert layer.k_tile == (0 if k_tile >= cols else k_tile)
+    assert layer.kernels(n)[0].spec.form == ("dot" if n == 1 else "natural" if natural else "scatter")
     got = layer(x, r) if residual else layer(x)
     assert_close(got, reference(x, w, b, act, r))
+
+
+@pytest.mark.parametrize(("rows", "cols", "n"), [(600, 300, 130), (257, 16, 64), (8, 8, 8)])
+def test_natural_csr_row_and_input_blocks(rows, cols, n):
+    """Several row blocks (256) and input blocks (64) with tails, 8x8-aligned and not; strided x and residual."""
+    w = random_weight(rows, cols, 0.2, rows)
+    g = torch.Generator().manual_seed(cols)
+    x = torch.randn(cols, n, generator=g).t()  # column-strided: the runtime makes it row-contiguous
+    b, r = torch.randn(rows, generator=g), torch.randn(n, 2 * rows, generator=g)[:, ::2]
+    layer = SparseLinear("t", registry.get_format("csr"), w, b, "silu", True, threads=2)
+    assert layer.natural and layer.kernels(n)[0].spec.form == "natural"
+    y = layer(x, r)
+    assert y.is_contiguous()
+    assert_close(y, reference(x, w, b, "silu", r))
+
+
+def test_natural_csr_transpose_masks_are_a_transpose():
+    from sparsec.codegen.mlir import emit_csrnat
+
+    rows = [list(range(8 * i, 8 * i + 8)) for i in range(8)]
+    for b in (4, 2, 1):
+        lo, hi = (list(map(int, m.split(", "))) for m in emit_csrnat._masks(b))
+        new = list(rows)
+        for i in range(8):
+            if not i & b:
+                pair = rows[i] + rows[i + b]
+                new[i], new[i + b] = [pair[j] for j in lo], [pair[j] for j in hi]
+        rows = new
+    assert rows == [list(range(j, 64, 8)) for j in range(8)]
 
 
 @pytest.mark.parametrize("n", [1, 3, 65, 128])
