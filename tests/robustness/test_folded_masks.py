@@ -159,7 +159,8 @@ def test_autocast_in_forward_is_inlined_and_named():
     rep = cm.report()
     rows = {r.name: r for r in rep.layers}
     assert set(rows) == {"a", "b"}, rep  # the layer inside the region is seen, not hidden in a higher-order op
-    assert rows["a"].format == "dense" and "bfloat16" in rows["a"].reason, rep  # CPU kernels are float32
+    # the region's layer runs in bfloat16: the 16-bit CSR kernel or dense, as the cost model chooses
+    assert rows["a"].format in ("csr", "dense") and rows["a"].density <= 0.15, rep
     assert rows["b"].format == "csr" and rows["b"].density <= 0.15, rep
     assert any("autocast" in n and "bfloat16" in n for n in rep.notes), rep.notes
     for batch in (4, 7):
