@@ -122,8 +122,11 @@ class CompiledModel(torch.nn.Module):
             isinstance(a, torch.Tensor) for a in args
         )
         self._train_mods = training.train_mode_modules(model)
-        # a train()/eval() difference that no Dropout/BatchNorm module explains (checked by running it)
-        self._train_dependent = not self._train_mods and training.differs_in_train_mode(model, args, kwargs or {})
+        # a train()/eval() difference that no Dropout/BatchNorm module explains (checked by running it).
+        # A loaded artifact (seed given) was checked when it was compiled; running it here would read the
+        # saved torch.export program that loading deliberately leaves unread.
+        self._train_dependent = (seed is None and not self._train_mods
+                                 and training.differs_in_train_mode(model, args, kwargs or {}))
         self._lock = threading.RLock()
         self._variants: list[_Variant] = []
         self._seed = seed  # a loaded artifact's variant, or program and formats (compiler/artifact.py), used once
