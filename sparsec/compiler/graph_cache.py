@@ -221,7 +221,7 @@ def lookup(cm, model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: bool 
     """(the restored variant or None, the key to store under or None)."""
     if not enabled() or not isinstance(model, torch.nn.Module):
         return None, None
-    from sparsec.compiler.artifact import Frozen
+    from sparsec.compiler.frozen import Frozen
 
     if isinstance(model, Frozen):
         return None, None

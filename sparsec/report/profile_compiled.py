@@ -16,7 +16,7 @@ from sparsec.report.profile import LayerProfile, ProfileReport, _numel, _timed_c
 
 def _source_weight(cm, layer) -> tuple[torch.Tensor | None, bool]:
     """The layer's weight in the model the graph was compiled from, and whether it is stored [in, out]."""
-    from sparsec.compiler.artifact import Frozen
+    from sparsec.compiler.frozen import Frozen
 
     src = cm._model[0]
     target = getattr(layer.m, "weight", None) or f"{layer.name}.weight"

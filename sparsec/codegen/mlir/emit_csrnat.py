@@ -176,15 +176,7 @@ def emit_csrnat_kernel(spec: KernelSpec) -> str:
     xt_t = f"memref<{n}x{c}xf32, strided<[?, 1]>>"
     ot = f"memref<{n}x{r}xf32, strided<[?, 1]>>"
     pt, at = f"memref<{c}x{nb}xf32>", f"memref<{r}x{nb}xf32>"
-    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", "%val: memref<?xf32>"]
-    if emit_rowvec.num_tiles(spec) > 1:
-        args.append("%tpos: memref<?xi32>")
-    args.append(f"%x: {xt_t}")
-    if spec.bias:
-        args.append(f"%bias: memref<{r}xf32>")
-    if spec.residual:
-        args.append(f"%res: {ot}")
-    args.append(f"%out: {ot}")
+    args = emit_rowvec.kernel_args(spec, xt_t, ot)
     lines = [
         f"func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }} {{",
         "  %c0 = arith.constant 0 : index",

@@ -62,6 +62,21 @@ def supports(spec: KernelSpec) -> bool:
     return spec.level_map.replace(" ", "") == CSR_MAP.replace(" ", "")
 
 
+def kernel_args(spec: KernelSpec, x_type: str, out_type: str) -> list[str]:
+    """The argument list every hand-written CSR kernel takes, in the order SparseLinear passes them:
+    pos, crd, val, [tpos when X is tiled], x, [bias], [residual], out."""
+    args = ["%pos: memref<?xi32>", f"%crd: memref<?xi{spec.index_bits}>", f"%val: memref<?x{spec.dtype}>"]
+    if num_tiles(spec) > 1:  # tpos[t * rows + i]: the first nonzero of row i at column >= t * k_tile
+        args.append("%tpos: memref<?xi32>")
+    args.append(f"%x: {x_type}")
+    if spec.bias:
+        args.append(f"%bias: memref<{spec.rows}xf32>")
+    if spec.residual:
+        args.append(f"%res: {out_type}")
+    args.append(f"%out: {out_type}")
+    return args
+
+
 def num_tiles(spec: KernelSpec) -> int:
     """How many input-dimension tiles the scatter kernel walks (1 when untiled)."""
     if spec.form == "dot" or spec.k_tile <= 0 or spec.k_tile >= spec.cols:
@@ -79,15 +94,7 @@ def emit_rowvec_kernel(spec: KernelSpec) -> str:
     xt, ot = f"memref<{c}x{n}x{ft}>", f"memref<{r}x{n}x{ft}>"
     it = f"i{spec.index_bits}"
     nt = num_tiles(spec)
-    args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", f"%val: memref<?x{ft}>"]
-    if nt > 1:  # tpos[t * rows + i]: the first nonzero of row i at column >= t * k_tile
-        args.append("%tpos: memref<?xi32>")
-    args.append(f"%x: {xt}")
-    if spec.bias:
-        args.append(f"%bias: memref<{r}xf32>")
-    if spec.residual:
-        args.append(f"%res: {ot}")
-    args.append(f"%out: {ot}")
+    args = kernel_args(spec, xt, ot)
     lines = [
         f"func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }} {{",
         "  %c0 = arith.constant 0 : index",
