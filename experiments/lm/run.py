@@ -106,7 +106,8 @@ def main() -> None:
                 "python": sys.version.split()[0]}
     if args.speed_only and (args.no_cache or args.warm):
         parser.error("--speed-only reads the cache: it cannot go with --no-cache or --warm")
-    defer = args.defer_speed or args.speed_only
+    # A --warm process never times anything (it runs next to another one): it keeps the models instead.
+    defer = args.defer_speed or args.speed_only or bool(args.warm)
     cache = Cache(None if args.no_cache else args.cache, setup, [s.digest for s in corpus.splits()], versions,
                   read_only=args.speed_only)
     example = ctx.ev.test[:setup.batch, :-1]  # the timed input: one training-sized batch of test bytes
@@ -229,7 +230,9 @@ def main() -> None:
     elapsed = time.time() - start
     speed_info = {"mode": "deferred" if defer else "inline"}
     previous = args.out / "results.json"
-    if args.speed_only:  # keep the full run's own time and loads; time the models it left in the cache
+    # --speed-only times the models a deferred run left in the cache; an inline run also times any row that
+    # came from the cache still deferred (e.g. written by a --warm process).
+    if args.speed_only or not defer:
         t_speed, load_start = time.time(), os.getloadavg()[0]
         for (name, _), runs in rows.items():
             sp = runs[0].speed
@@ -238,7 +241,7 @@ def main() -> None:
                 state = states[seeds[0]] if key is None else cache.load_model(key)
                 runs[0] = replace(runs[0], speed=measure(fresh_copy(setup, state, seeds[0]), example))
                 log(f"timed {name}: {runs[0].speed.get('ratio', runs[0].speed.get('error'))}")
-        speed_info = {"mode": "speed-only", "elapsed_s": round(time.time() - t_speed, 1),
+        speed_info = {"mode": "speed-only" if args.speed_only else "inline", "elapsed_s": round(time.time() - t_speed, 1),
                       "load_start": load_start, "load_end": os.getloadavg()[0]}
     old = json.loads(previous.read_text())["config"] if args.speed_only and previous.exists() else {}
     config = {"seeds": seeds, "setup": asdict(setup), "lr": lr, "lr_grid": lr_grid, "ft_lr": ft_lr,
