@@ -18,7 +18,6 @@ from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.formats.cost import lowp_default_machine
-from sparsec.targets.cpu.sparse_linear import supports_16bit
 from sparsec.targets.gpu.triton_linear import gpu_family
 
 _DENSE = "dense"
@@ -36,7 +35,9 @@ _LOWP = (torch.bfloat16, torch.float16)
 
 def _cpu_machine(layer, ctx: CompileContext):
     """The rates a CPU layer is priced with: a 16-bit layer's come from its own calibration (torch's
-    bf16/fp16 GEMM and the 16-bit kernels, measured), or the built-in 16-bit rates without one."""
+    bf16/fp16 GEMM and the 16-bit CSR kernels, measured), or the built-in 16-bit rates without one.
+    Formats without 16-bit kernels (BSR, N:M, COO run f32 kernels between casts) keep the fp32 rates of
+    their kernel family; the casts are not priced."""
     if layer.dtype not in _LOWP:
         return ctx.machine
     if ctx.options.calibrate and not ctx.pinned_formats:
@@ -89,9 +90,6 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
         why_not = fmt.accepts(facts)
         if why_not is None and ctx.target != "cpu" and fmt.label != _DENSE and gpu_family(fmt) is None:
             why_not = "no Triton kernel for this format"
-        if (why_not is None and ctx.target == "cpu" and layer.dtype in _LOWP and fmt.label != _DENSE
-                and not supports_16bit(fmt)):
-            why_not = f"no {layer.dtype} CPU kernel for this format"
         if why_not is not None:
             layer.rejected[fmt.label] = why_not
             continue

@@ -35,13 +35,13 @@ KERNEL_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f
 
 
 def kernel_dtype(dtype: torch.dtype, fmt: SparseFormat) -> str:
-    """The kernel element type for a weight of ``dtype`` in ``fmt``; NotImplementedError where none exists."""
+    """The kernel element type for a weight of ``dtype`` in ``fmt``: the dtype itself where a 16-bit
+    kernel exists (CSR), else f32 (the layer casts its input to f32 and its output back);
+    NotImplementedError for dtypes other than float32/bfloat16/float16."""
     if dtype not in KERNEL_DTYPES:
         raise NotImplementedError(f"no CPU sparse kernel for dtype {dtype} (float32, bfloat16, float16 only)")
     ft = KERNEL_DTYPES[dtype]
-    if ft != "f32" and not supports_16bit(fmt):
-        raise NotImplementedError(f"no {dtype} CPU kernel for format {fmt.label} yet (CSR only); use float32")
-    return ft
+    return ft if supports_16bit(fmt) else "f32"
 
 
 def supports_16bit(fmt: SparseFormat) -> bool:
@@ -76,6 +76,9 @@ class SparseLinear(torch.nn.Module):
         self.has_residual = has_residual
         self.dtype = weight.dtype if weight.dtype in KERNEL_DTYPES else torch.float32
         self.kernel_dtype = kernel_dtype(weight.dtype, fmt) if weight.is_floating_point() else "f32"
+        #: the dtype the kernels read and write: the layer's own, or f32 for a 16-bit layer in a format
+        #: without 16-bit kernels (BSR, N:M, COO: the input is cast to f32 and the output back)
+        self.io_dtype = self.dtype if self.kernel_dtype != "f32" else torch.float32
         self.slabs = self._pack(weight.detach().float(), bias, max(1, threads))
         self.stored = sum(p.stored for p, _, _ in self.slabs)
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
@@ -133,7 +136,7 @@ class SparseLinear(torch.nn.Module):
         """Route calls that need grad through ``sparsec::sparse_linear`` with grads for these parameters."""
         from sparsec.targets.cpu import sparse_grad
 
-        if self.kernel_dtype != "f32":
+        if self.dtype != torch.float32:
             raise NotImplementedError(
                 f"{self.layer_name}: gradients through {self.dtype} sparse kernels are not implemented; run "
                 "inference under torch.no_grad() or torch.inference_mode(), or train in float32")
@@ -234,6 +237,13 @@ class SparseLinear(torch.nn.Module):
             raise InputError(f"{self.layer_name}: input dtype {x.dtype}, this layer's kernel takes {self.dtype}")
         if residual is not None and residual.dtype != self.dtype:
             raise InputError(f"{self.layer_name}: residual dtype {residual.dtype}, this layer computes in {self.dtype}")
+        if self.io_dtype != self.dtype:  # a 16-bit layer on f32 kernels
+            y = self._run_io(x.to(self.io_dtype), residual.to(self.io_dtype) if residual is not None else None)
+            return y.to(self.dtype)
+        return self._run_io(x, residual)
+
+    def _run_io(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The kernels' forward on checked inputs of dtype ``io_dtype``."""
         if x.device.type != "cpu":
             raise InputError(f"{self.layer_name}: input on {x.device}, the CPU kernel takes CPU tensors")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -245,7 +255,7 @@ class SparseLinear(torch.nn.Module):
         for s in lead:
             n *= int(s)
         if n == 0:
-            out = torch.zeros(*lead, self.out_features, dtype=self.dtype)
+            out = torch.zeros(*lead, self.out_features, dtype=self.io_dtype)
             return out + residual if residual is not None else out
         x2 = x.reshape(n, self.in_features)
         r2 = residual.reshape(n, self.out_features) if residual is not None else None
@@ -256,7 +266,7 @@ class SparseLinear(torch.nn.Module):
         if n == 1:
             xt = x2.reshape(-1)
             if cols != self.in_features or not xt.is_contiguous():
-                xt = torch.zeros(cols, dtype=self.dtype).copy_(torch.nn.functional.pad(xt, (0, cols - self.in_features)))
+                xt = torch.zeros(cols, dtype=self.io_dtype).copy_(torch.nn.functional.pad(xt, (0, cols - self.in_features)))
         else:
             xt = x2.t()
             if cols != self.in_features:
@@ -264,7 +274,7 @@ class SparseLinear(torch.nn.Module):
             xt = xt.contiguous()
         x_arg = ArgRef(torch_descriptor(xt))
         total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
-        out = torch.empty((total_rows,) if n == 1 else (total_rows, n), dtype=self.dtype)
+        out = torch.empty((total_rows,) if n == 1 else (total_rows, n), dtype=self.io_dtype)
         if knobs.get("poison_outputs"):
             out.fill_(float("nan"))
         tasks, offset = [], 0
@@ -275,7 +285,7 @@ class SparseLinear(torch.nn.Module):
                 args.append(self._bias_args[s])
             res = None
             if r2 is not None:
-                res = torch.zeros((rows,) if n == 1 else (rows, n), dtype=self.dtype)
+                res = torch.zeros((rows,) if n == 1 else (rows, n), dtype=self.io_dtype)
                 res[: r1 - r0] = r2[:, r0:r1].reshape(-1) if n == 1 else r2[:, r0:r1].t()
                 args.append(ArgRef(torch_descriptor(res)))
             o = out[offset : offset + rows]

@@ -78,13 +78,53 @@ def test_16bit_rounding_is_nearest_even_and_keeps_specials(dtype):
     assert torch.equal(got2, (x2.float().sum(1, keepdim=True)).to(dtype))
 
 
-def test_16bit_layer_rejects_other_dtypes_and_formats():
+def test_16bit_layer_rejects_other_dtypes():
     w = random_weight(32, 32, 0.3, 0).to(torch.bfloat16)
     layer = SparseLinear("t", registry.get_format("csr"), w, None, None, False)
     with pytest.raises(InputError, match="bfloat16"):
         layer(torch.randn(2, 32))
-    with pytest.raises(NotImplementedError, match="CSR only"):
-        SparseLinear("t", registry.get_format("coo"), w, None, None, False)
+    with pytest.raises(InputError, match="residual"):
+        SparseLinear("r", registry.get_format("csr"), w, None, None, True)(w[:2], torch.randn(2, 32))
+    with pytest.raises(NotImplementedError, match="float64"):
+        SparseLinear("d", registry.get_format("csr"), w.double(), None, None, False)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.bfloat16, torch.float16]),
+    fmt=st.sampled_from(["bsr8x8", "bsr16x16", "nm2:4", "coo"]),
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 40),
+    n=st.sampled_from([1, 3, 17]),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    bias=st.booleans(),
+    act=st.sampled_from([None, "gelu"]),
+    residual=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_16bit_other_formats_run_f32_kernels_between_casts(dtype, fmt, rows, cols, n, density, bias, act,
+                                                           residual, seed):
+    """BSR, N:M, COO have no 16-bit kernels: the layer casts to f32 and back, and keeps the dtype."""
+    f = registry.get_format(fmt)
+    pattern = "nm2:4" if fmt.startswith("nm") else "block8" if fmt == "bsr8x8" else "unstructured"
+    w = random_weight(rows, cols, density, seed, pattern).to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, cols, generator=g).to(dtype)
+    b = torch.randn(rows, generator=g) if bias else None
+    r = torch.randn(n, rows, generator=g).to(dtype) if residual else None
+    if f.accepts(_facts(w)) is not None:
+        return
+    layer = SparseLinear("t", f, w, b, act, residual)
+    assert layer.kernel_dtype == "f32" and layer.io_dtype == torch.float32
+    got = layer(x, r) if residual else layer(x)
+    want = reference(x.float(), w.float(), b, act, r.float() if r is not None else None).to(dtype)
+    assert_close_lowp(got, want, dtype)
+
+
+def _facts(w):
+    from sparsec.formats.facts import compute_facts
+
+    return compute_facts(w.float())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
