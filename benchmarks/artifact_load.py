@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/artifact_load.py` from a clean clone: this tree's sparsec
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
 
 
 def _gemm_s() -> float:
