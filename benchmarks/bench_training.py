@@ -15,8 +15,8 @@ with every Linear weight pruned to 90% unstructured (magnitude), three ways:
   masked sparse training (sparsec.prune, torch.ao.pruning) runs today.
 
 Rounds interleave the three methods (each round times each once, in rotating order); figures are
-medians. The refresh row times the O(nnz) refresh alone (gather at the stored positions, mask check,
-scatter into the packed buffers) and reports it as % of the compiled step; the re-pack row is one
+medians. The refresh row times the O(nnz) refresh alone (gather at the stored positions and pattern
+check in one pass over W, gather into the transposed copy) and reports it as % of the compiled step; the re-pack row is one
 recompile after a mask change (RigL/SET update), for scale.
 
     python benchmarks/bench_training.py [--quick] [--threads 2] [--rounds 15] [--out benchmarks/RESULTS.md]
@@ -122,19 +122,17 @@ def make_step(model: nn.Module, fn, x: torch.Tensor):
 
 
 def refresh_cost(cm) -> float:
-    """Seconds of one O(nnz) value refresh of every sparse layer (gather, mask check, scatter)."""
+    """Seconds of one O(nnz) value refresh of every sparse layer (gather, pattern check, transposed copy)."""
     from sparsec.runtime import training
-    from sparsec.targets.cpu.sparse_grad import gather_stored, mask_unchanged, refresh_values
+    from sparsec.targets.cpu.sparse_grad import refresh_values
 
     mods = [m for v in cm._variants for m in training.sparse_modules(v.module) if m.trainable is not None]
     if not mods:
         raise RuntimeError("no trainable sparse layer: the compiled model did not train through its kernels")
     t = time.perf_counter()
     for m in mods:
-        stored = gather_stored(m)
-        if not mask_unchanged(m, stored):
+        if not refresh_values(m):
             raise RuntimeError("the mask changed during static sparse training")
-        refresh_values(m, stored)
     return time.perf_counter() - t
 
 

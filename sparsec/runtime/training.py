@@ -186,19 +186,13 @@ def fast_refresh(variants: list, watch) -> bool:
     for t in changed:
         if id(t) not in direct and id(t) not in by_param:
             return False
-    from sparsec.targets.cpu.sparse_grad import gather_stored, mask_unchanged, refresh_values
+    from sparsec.targets.cpu.sparse_grad import refresh_values
 
     todo = {id(m): m for t in changed for m in by_param.get(id(t), [])}
-    stored = {}
-    for key, m in todo.items():
-        if m.trainable is None:  # no slot map yet (built from the packed pattern on the first backward)
-            return False
-        stored[key] = gather_stored(m)
-        if not mask_unchanged(m, stored[key]):
-            return False  # nonzeros outside the stored positions: the mask changed
-    for key, m in todo.items():
-        refresh_values(m, stored[key])
-    return True
+    if any(m.trainable is None for m in todo.values()):
+        return False  # no slot map yet (built from the packed pattern on the first backward)
+    # a False leaves that layer's values partly refreshed: the caller re-packs
+    return all(refresh_values(m) for m in todo.values())
 
 
 def _graph_tensors(gm: torch.fx.GraphModule) -> list:

@@ -83,3 +83,29 @@ def test_spec_rejects_bad_fields():
         SddmmSpec(4, 4, 4, index_bits=8)
     with pytest.raises(ValueError, match="kind"):
         SddmmSpec(4, 4, 4, kind="spmm")
+
+
+@settings(max_examples=15, deadline=None)
+@given(rows=st.integers(1, 30), cols=st.integers(1, 70), bits=st.sampled_from([16, 32]),
+       outside=st.integers(0, 5), negzero=st.booleans(), seed=st.integers(0, 1000))
+def test_refresh_kernel_gathers_and_counts_outside(rows, cols, bits, outside, negzero, seed):
+    """emit_refresh: the packed values become W's at the stored positions (poisoned before), and the count
+    is the number of nonzeros outside them; -0.0 outside counts as zero."""
+    from sparsec.codegen.mlir.emit_refresh import RefreshSpec
+
+    gen = torch.Generator().manual_seed(seed)
+    w, packed, pos, crd = _csr(rows, cols, 0.3, gen, bits)
+    mask = w != 0
+    new = torch.randn(rows, cols, generator=gen) * mask  # an optimizer step: new values, same pattern
+    if negzero:
+        new[~mask] = -0.0
+    free = torch.nonzero(~mask.view(-1)).view(-1)
+    put = free[torch.randperm(free.numel(), generator=gen)[:outside]]
+    new.view(-1)[put] = 1.0
+    vals = np.full(packed.stored, np.nan, dtype=np.float32)
+    out = torch.full((1,), -7, dtype=torch.int64)
+    kern = compile_kernel(RefreshSpec(rows, cols, bits))
+    kern([numpy_descriptor(pos), numpy_descriptor(crd), torch_descriptor(new), numpy_descriptor(vals),
+          torch_descriptor(out)])
+    assert np.array_equal(vals, new[mask].numpy())  # CSR order is row-major order of the mask
+    assert int(out[0]) == put.numel()

@@ -1,5 +1,6 @@
 """Train-mode guard, backward guard, and the O(nnz) value refresh after optimizer steps."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,22 +73,59 @@ def test_mask_change_repacks():
 
 
 def test_negative_zeros_outside_the_pattern_are_not_a_mask_change():
-    """Multiplicative pruning leaves -0.0 at pruned negative weights: the refresh stays O(nnz), turns them
-    into +0.0 once (equal values), and a real nonzero outside is still seen as a mask change."""
-    from sparsec.targets.cpu.sparse_grad import gather_stored, mask_unchanged
+    """Multiplicative pruning leaves -0.0 at pruned negative weights: the refresh counts them as zeros and
+    leaves the parameter alone, and a real nonzero outside is still seen as a mask change."""
+    from sparsec.targets.cpu.sparse_grad import refresh_values
 
     model = _model()
     x = torch.randn(16, 64)
     cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format="csr", calibrate=False)
     cm(x.requires_grad_()).sum().backward()
     mod = cm.graph_module.sparsec_up
+    assert mod.trainable.kernel  # CSR: the refresh kernel
     w = model.up.weight
     with torch.no_grad():
         w[w == 0] = -0.0  # every pruned weight of up
-    assert bool(torch.signbit(w[w == 0]).all())
+    before = w.detach().clone()
     version = w._version
-    assert mask_unchanged(mod, gather_stored(mod))
-    assert not bool(torch.signbit(w[w == 0]).any()) and w._version == version
+    assert refresh_values(mod)
+    assert bool(torch.signbit(w[w == 0]).all()) and w._version == version and torch.equal(w, before)
     with torch.no_grad():
         w.view(-1)[int(torch.nonzero(w.view(-1) == 0)[0])] = 1e-3
-    assert not mask_unchanged(mod, gather_stored(mod))
+    assert not refresh_values(mod)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr16x16", "nm2:4", "coo"])
+def test_refresh_equals_a_fresh_pack(fmt):
+    """After optimizer steps the refreshed packed values (forward, W^T copy, twin) are a fresh pack's."""
+    from sparsec.targets.cpu import sparse_grad
+
+    torch.manual_seed(1)
+    model = Block(64, 128, "gelu", True)
+    gen = torch.Generator().manual_seed(1)
+    prune_(model.up.weight, fmt, gen)
+    prune_(model.down.weight, fmt, gen)
+    x = torch.randn(16, 64)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", force_format=fmt, calibrate=False, threads=2,
+                                min_weight_numel=0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        cm(x.requires_grad_()).pow(2).mean().backward()
+        opt.step()
+    mods = [m for m in cm.graph_module.modules() if getattr(m, "trainable", None) is not None]
+    assert mods and all(m.trainable.transposed is not None for m in mods)
+    for m in mods:
+        assert sparse_grad.refresh_values(m)
+        for fresh, (packed, b, _) in zip(m._pack(m.trainable.refs[0].detach(), m.trainable.refs[1], len(m.slabs)),
+                                         m.slabs, strict=True):
+            for name, buf in fresh[0].buffers.items():
+                assert np.array_equal(buf, packed.buffers[name]), name
+            if b is not None:
+                assert torch.equal(fresh[1], b)
+        tmod = m.trainable.transposed[0]
+        wt = m.trainable.refs[0].detach().t().contiguous()
+        for fresh, (packed, _, _) in zip(tmod._pack(wt, None, len(tmod.slabs)), tmod.slabs, strict=True):
+            assert np.array_equal(fresh[0].buffers["values"], packed.buffers["values"])
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from sparsec import knobs
+from sparsec.codegen.mlir.emit_refresh import RefreshSpec
 from sparsec.codegen.mlir.emit_sddmm import SddmmSpec
 from sparsec.codegen.mlir.jit import ArgRef, compile_kernel, torch_descriptor
 from sparsec.formats.cost import parallel_work
@@ -86,3 +87,26 @@ def sddmm(module, gt: torch.Tensor, xt: torch.Tensor, at: torch.Tensor | None, d
 def dense_ok(module) -> bool:
     """The kernels can write the dense gradient in place when the format did not pad columns."""
     return module.slabs[0][0].padded_shape[1] == module.in_features
+
+
+def refresh(module, w: torch.Tensor) -> int:
+    """Gather W's (``w``: float32, contiguous [out, in]) stored values into the packed values of every slab
+    (one refresh kernel per slab, in parallel) and return the number of W's nonzeros outside them."""
+    ks = module._kernels.get("refresh")
+    if ks is None:
+        ks = [compile_kernel(RefreshSpec(r1 - r0, module.in_features, module.index_bits))
+              for _, _, (r0, r1) in module.slabs]
+        module._kernels["refresh"] = ks
+    counts = torch.empty(len(module.slabs), 1, dtype=torch.int64)
+    tasks = []
+    for s, ((_, _, (r0, r1)), kern) in enumerate(zip(module.slabs, ks, strict=True)):
+        fixed = module._fixed_args[s]
+        ws, c = w[r0:r1], counts[s]
+        args = [fixed[0], fixed[1], ArgRef(torch_descriptor(ws)), fixed[2], ArgRef(torch_descriptor(c))]
+        tasks.append(lambda k=kern, a=args, keep=(ws, c): k.call_refs(a))
+    if len(tasks) > 1 and w.numel() < knobs.get("parallel_min_work"):  # the kernel reads all of W
+        for t in tasks:
+            t()
+    else:
+        run_parallel(tasks)
+    return int(counts.sum())

@@ -16,9 +16,11 @@ On request (``sparsec.dense_weight_grads``, RigL's growth step) a backward also 
 gradient of each sparse weight, ``dz^T x`` at every position, into a dict; ``.grad`` stays the masked
 one. Only the steps that ask pay for the dense matmul.
 
-Packed values follow the parameter in O(nnz) (``refresh_values``): each packed value slot knows the flat
-index of the weight entry it holds (``stored_index``), so a refresh is one gather from the parameter; the
-CSR copy of ``W^T`` is refreshed from those gathered values (a permutation of an nnz-long array).
+Packed values follow the parameter in O(nnz) (``refresh_values``): every slab's packed values are views
+of one buffer in ``flat`` order (``Trainable.stored``); for CSR one MLIR kernel per slab reads W once,
+gathering the stored values and checking that nothing outside them is nonzero (emit_refresh.py); the
+CSR copy of ``W^T`` is then one preallocated gather per slab from that buffer (a permutation of an
+nnz-long array that stays in cache). Nothing is allocated, and no Python loop runs over rows.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ def stored_index(fmt, w: torch.Tensor) -> np.ndarray:
 
 
 class Trainable:
-    """The training state of one SparseLinear: its parameters, slot maps, stored positions, twins."""
+    """The training state of one SparseLinear: its parameters, slot maps, stored positions, twins.
+
+    ``stored`` holds W's values at the stored positions in ``flat`` order. When no slab has padding
+    slots (CSR, and any format whose packing stores exactly the pattern), the slabs' packed value
+    arrays *are* views of it (``SparseLinear.adopt_values``), so refreshing it refreshes the forward."""
 
     def __init__(self, module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.refs = (weight, bias)
@@ -79,7 +85,18 @@ class Trainable:
         self.flat = torch.cat(flat)  # every stored position of W, as flat indices
         self.rows = self.flat // module.in_features
         self.cols = self.flat % module.in_features
-        self.transposed = None  # (SparseLinear of W^T in CSR, its slot maps into ``flat`` order)
+        self.shared = all(slots is None for _, slots, _, _ in self.maps)
+        values = np.empty(start, dtype=np.float32)
+        self.stored = torch.from_numpy(values)
+        if self.shared:  # one buffer in flat order; each slab's packed values a view of it
+            arrays = [values[s0:s1] for _, _, s0, s1 in self.maps]
+            for a, (v, _, _, _) in zip(arrays, self.maps, strict=True):
+                a[:] = v.numpy()
+            module.adopt_values(arrays)
+            self.maps = [(torch.from_numpy(a), None, s0, s1) for a, (_, _, s0, s1) in zip(arrays, self.maps, strict=True)]
+        #: the refresh runs the CSR refresh kernel (one read of W: gather and pattern check)
+        self.kernel = self.shared and csr_backward.supports(module)
+        self.transposed = None  # (SparseLinear of W^T in CSR, per slab (its values, index into ``stored``))
         self.twin = None
 
 
@@ -87,64 +104,51 @@ def _values(packed) -> torch.Tensor:
     return torch.from_numpy(packed.buffers["values"])
 
 
-def _scatter_slabs(maps, v: torch.Tensor) -> None:
-    for vals, slots, s0, s1 in maps:
-        if slots is None:
-            vals.copy_(v[s0:s1])
-        else:
-            vals[slots] = v[s0:s1]
+def refresh_values(module) -> bool:
+    """Copy the parameter's current values into the packed buffers in O(nnz); bias too.
 
+    Returns False, leaving the packed values partly updated (the caller re-packs), when the parameter
+    has a nonzero outside the stored positions: the mask changed. Negative zeros outside count as zeros
+    (pruning by multiplication leaves them); the parameter is never written.
 
-def gather_stored(module) -> torch.Tensor:
-    """The parameter's current values at the stored positions, in ``flat`` order (O(nnz))."""
+    CSR: one kernel call per slab reads W once, gathering into the packed values (views of
+    ``stored``) and counting nonzeros outside (codegen/mlir/emit_refresh.py). Other formats: one
+    preallocated gather into ``stored``, a count of W's nonzeros, and a copy into the slabs. The
+    transposed copy (dx's CSR of W^T) and the twin follow from ``stored`` by one preallocated
+    gather per slab (an nnz-long source that stays in cache) — no allocation, no loop over rows."""
     st: Trainable = module.trainable
-    return torch.index_select(st.refs[0].detach().reshape(-1).float(), 0, st.flat)
-
-
-def mask_unchanged(module, stored: torch.Tensor) -> bool:
-    """True when the parameter has no nonzero outside the stored positions (``stored``: gather_stored).
-
-    Counting the nonzero *bit patterns* of the float32 words is exact and about 8x faster than a float
-    compare (numpy on the int view): equal counts mean nothing outside is nonzero. Only when they differ
-    (a -0.0 outside, or a real nonzero) the slower float count decides. Pruning by multiplication leaves
-    -0.0 at the negative pruned weights; when the float count finds only zeros outside, those become
-    +0.0 (equal values, written through ``.data``: no autograd version bump), which optimizers keep
-    (+0 - lr * +0 is +0), so later refreshes take the fast count."""
-    w = module.trainable.refs[0].detach()
-    if w.dtype != torch.float32 or not w.is_contiguous():
-        return int(torch.count_nonzero(w)) == int(torch.count_nonzero(stored))
-    a = w.numpy()
-    if np.count_nonzero(a.view(np.int32)) == np.count_nonzero(stored.numpy().view(np.int32)):
-        return True
-    if np.count_nonzero(a) != np.count_nonzero(stored.numpy()):
-        return False
-    np.copyto(a, np.float32(0.0), where=a == 0)  # -0.0 -> +0.0 in place
-    return True
-
-
-def refresh_values(module, stored: torch.Tensor | None = None) -> None:
-    """Copy the parameter's current values into the packed buffers (O(nnz)); bias too.
-
-    The transposed copy (dx's CSR of W^T) is refreshed from the gathered values, an nnz-sized array
-    that stays in cache, instead of a second gather from W in column order."""
-    st: Trainable = module.trainable
-    bias = st.refs[1]
-    v = gather_stored(module) if stored is None else stored
-    _scatter_slabs(st.maps, v)
-    for _, b, (r0, r1) in module.slabs:
-        if b is not None and bias is not None:
-            b[: r1 - r0] = bias.detach().float()[r0:r1]
+    weight, bias = st.refs
+    w = weight.detach()
+    if st.kernel and w.dtype == torch.float32 and w.is_contiguous():
+        if csr_backward.refresh(module, w) != 0:
+            return False
+    else:
+        torch.index_select(w.reshape(-1).float(), 0, st.flat, out=st.stored)
+        if int(torch.count_nonzero(w)) != int(torch.count_nonzero(st.stored)):
+            return False
+        if not st.shared:
+            for vals, slots, s0, s1 in st.maps:
+                vals.index_copy_(0, slots, st.stored[s0:s1]) if slots is not None else vals.copy_(st.stored[s0:s1])
+    if bias is not None:
+        b32 = bias.detach().float()
+        for _, b, (r0, r1) in module.slabs:
+            if b is not None:
+                b[: r1 - r0].copy_(b32[r0:r1])
     module.sync_values()
     if st.twin is not None:
         _copy_slabs(module, st.twin)
     if st.transposed is not None:
-        _scatter_slabs(st.transposed[1], v[st.transposed[2]])
-        st.transposed[0].sync_values()
+        tmod, tmaps = st.transposed
+        for vals, index in tmaps:
+            torch.index_select(st.stored, 0, index, out=vals)
+        tmod.sync_values()
+    return True
 
 
 def _copy_slabs(src, dst) -> None:
     for (p, b, _), (q, c, _) in zip(src.slabs, dst.slabs, strict=True):
-        _values(q).copy_(_values(p))
+        if q.buffers["values"] is not p.buffers["values"]:
+            _values(q).copy_(_values(p))
         if b is not None and c is not None:
             c.copy_(b)
     dst.sync_values()
@@ -164,17 +168,15 @@ def _transposed(module):
         # where in ``flat`` order each W^T slot's value sits (flat is not sorted for blocked formats)
         order = torch.argsort(st.flat)
         sorted_flat = st.flat[order]
-        tmaps, pieces, start = [], [], 0
+        tmaps = []
         for packed, _, (r0, r1) in tmod.slabs:
             idx = stored_index(tmod.fmt, wt[r0:r1])
-            valid = idx >= 0
-            k = torch.from_numpy(idx[valid] + r0 * out_f)  # flat index into W^T [in, out]
+            if not (idx >= 0).all():
+                raise UnsupportedError(f"{module.layer_name}: the CSR copy of W^T has padding slots")
+            k = torch.from_numpy(idx + r0 * out_f)  # flat index into W^T [in, out]
             w_flat = (k % out_f) * in_f + k // out_f
-            pieces.append(order[torch.searchsorted(sorted_flat, w_flat)])
-            slots = None if bool(valid.all()) else torch.from_numpy(np.nonzero(valid)[0])
-            tmaps.append((_values(packed), slots, start, start + k.numel()))
-            start += k.numel()
-        st.transposed = (tmod, tmaps, torch.cat(pieces))
+            tmaps.append((_values(packed), order[torch.searchsorted(sorted_flat, w_flat)]))
+        st.transposed = (tmod, tmaps)
     return st.transposed[0]
 
 
@@ -187,6 +189,8 @@ def _twin(module):
         weight, bias = st.refs
         st.twin = SparseLinear(module.layer_name + ".z", module.fmt, weight.detach(),
                                None if bias is None else bias.detach(), None, False, threads=len(module.slabs))
+        if st.shared:  # the same pattern and slabs: read the module's values, no copy on refresh
+            st.twin.adopt_values([p.buffers["values"] for p, _, _ in module.slabs])
         _copy_slabs(module, st.twin)
     return st.twin
 

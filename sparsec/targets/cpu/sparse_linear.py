@@ -143,6 +143,20 @@ class SparseLinear(torch.nn.Module):
         self.trainable = sparse_grad.Trainable(self, weight, bias)
         self._handle = sparse_grad.register(self)
 
+    def adopt_values(self, arrays: list[np.ndarray]) -> None:
+        """Use ``arrays`` (one float32 array per slab, same size) as the slabs' packed values from now on.
+
+        Training keeps every slab's values as views of one buffer (sparse_grad.Trainable), so one gather
+        refreshes them; the kernels' argument descriptors are rebuilt for the new memory."""
+        names = self.fmt.lmap.buffer_names()
+        at = names.index("values")
+        for (packed, _, _), bufs, a in zip(self.slabs, self._kernel_buffers, arrays, strict=True):
+            if a.shape != packed.buffers["values"].shape or a.dtype != np.float32 or not a.flags.c_contiguous:
+                raise ValueError(f"{self.layer_name}: adopted values must match the slab's float32 values")
+            packed.buffers["values"] = a
+            bufs[at] = self._narrow("values", a)
+        self._bind()
+
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
         """Split rows into ``threads`` slabs (aligned to the format's row block) and pack each one."""
         row_block = self.fmt.lmap.block[0]
