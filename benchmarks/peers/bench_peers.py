@@ -1,7 +1,10 @@
 """sparsec against its peers on this machine: torch eager, sparsec, DeepSparse 1.8.0, ONNX Runtime.
 
 Cases: BERT-base (transformers.BertConfig(), random weights, eager attention, every encoder Linear
-pruned to 90% by magnitude, seq 128, batch 1) and single Linears 3072x768 / 768x3072 at N=64, 90%.
+pruned to 90% by magnitude, seq 128, batch 1; and the same model dense) and single Linears 3072x768 /
+768x3072 at N=64, 90%. OpenVINO is an optional engine (reported "not installed" when the venv lacks it).
+Then the issue's other target rows (benchmarks/peers/targets.py): section "targets" lists every target
+with its figure and met/missed.
 Every engine runs in interleaved rotating rounds within one run (DeepSparse and ONNX Runtime in a
 worker process in their own venv, see setup_venv.sh), medians of all timed calls, the output of each
 checked against torch eager, and the machine flagged busy when the load average or a fixed 1024^3 GEMM
@@ -103,10 +106,13 @@ def build_cases(quick: bool):
         def forward(self, ids):
             return self.bert(input_ids=ids).last_hidden_state
 
+    ids = torch.randint(0, cfg.vocab_size, (1, 128))
+    tag = " (2 layers, --quick)" if quick else ""
+    dense = Bert().eval()
     bert = Bert().eval()
     prune_linears(bert.bert.encoder, 0.9)
-    ids = torch.randint(0, cfg.vocab_size, (1, 128))
-    cases = {f"BERT-base{' (2 layers, --quick)' if quick else ''} 90%, seq 128, batch 1": (bert, (ids,))}
+    cases = {f"BERT-base{tag} 90%, seq 128, batch 1": (bert, (ids,)),
+             f"BERT-base{tag} dense, seq 128, batch 1": (dense, (ids,))}
     for out_f, in_f in ((3072, 768), (768, 3072)):
         lin = prune_linears(torch.nn.Linear(in_f, out_f).eval(), 0.9)
         cases[f"Linear {out_f}x{in_f}, N=64, 90%"] = (lin, (torch.randn(64, in_f),))
@@ -127,8 +133,9 @@ def run(args) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="sparsec-peers-"))
     worker = Worker(args.venv)
     versions = worker.call(cmd="versions")
-    rows = []
-    for ci, (name, (model, inputs)) in enumerate(build_cases(args.quick).items()):
+    rows, medians = [], {}
+    cases = build_cases(args.quick)
+    for ci, (name, (model, inputs)) in enumerate(cases.items()):
         with torch.no_grad():
             want = model(*inputs).numpy()
         onnx_path = tmp / f"case{ci}.onnx"
@@ -145,12 +152,14 @@ def run(args) -> str:
         cm = sparsec.sparse_compile(model, inputs, target="cpu")
         engines = {"torch eager": lambda m=model, xs=inputs: m(*xs), "sparsec": lambda c=cm, xs=inputs: c(*xs)}
         notes = {"sparsec": f"compile {time.perf_counter() - t:.0f} s"}
-        for peer, key in (("DeepSparse", "deepsparse"), ("ONNX Runtime", "ort")):
+        for peer, key in (("DeepSparse", "deepsparse"), ("ONNX Runtime", "ort"), ("OpenVINO", "openvino")):
             r = worker.call(cmd="load", name=f"{ci}-{key}", engine=key, path=str(onnx_path), threads=args.threads,
                             batch=int(inputs[0].shape[0]))
             if r["ok"]:
                 engines[peer] = f"{ci}-{key}"
                 notes[peer] = f"load {r['load_s']:.0f} s"
+            elif key == "openvino" and "No module named" in r["error"]:
+                notes[peer] = "not installed in the peers' venv (optional)"
             else:
                 notes[peer] = r["error"][:80]
         times = {e: [] for e in engines}
@@ -176,16 +185,28 @@ def run(args) -> str:
                             times[e].append(time.perf_counter() - t)
                 err = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
                 errors[e] = max(errors.get(e, 0.0), err)
+        medians[name] = {e: statistics.median(t) for e, t in times.items() if t}
         eager = statistics.median(times["torch eager"])
-        for e in ["torch eager", "sparsec", "DeepSparse", "ONNX Runtime"]:
+        for e in ["torch eager", "sparsec", "DeepSparse", "ONNX Runtime", "OpenVINO"]:
             if e not in engines or not times.get(e):
-                rows.append((name, e, None, None, None, notes.get(e, "not run")))
+                rows.append((name, e, None, None, None, notes.get(e, "not installed (optional)" if e == "OpenVINO"
+                                                                 else "not run")))
                 continue
             med = statistics.median(times[e])
             rows.append((name, e, med, eager / med, errors[e], notes.get(e, "")))
         print(f"{name}: " + ", ".join(f"{e} {statistics.median(t) * 1e3:.2f} ms" for e, t in times.items() if t),
               flush=True)
     worker.close()
+    # the issue's target rows that are not peer ratios (benchmarks/peers/targets.py)
+    sys.path.insert(0, str(Path(__file__).parent))
+    import targets
+
+    print("targets: kernel rates, poisoned calibration, BERT 1 thread", flush=True)
+    rates = targets.kernel_rates(args.threads, rounds, reps)
+    guard = targets.poisoned_calibration(args.threads)
+    bert_model, bert_inputs = next(v for k, v in cases.items() if "90%" in k and k.startswith("BERT"))
+    one = targets.bert_one_thread(bert_model, bert_inputs[0], rounds, max(2, reps // 2))
+    torch.set_num_threads(args.threads)
     load1, gemm1 = os.getloadavg()[0], gemm_seconds()
     cores = os.cpu_count() or 1
     busy = max(load0, load1) - 1 > 0.5 * cores or gemm1 > 1.3 * gemm0
@@ -212,7 +233,10 @@ def run(args) -> str:
             lines.append(f"| {name} | {e} | {med * 1e3:.2f} | {speed:.2f}x | {err:.1e}{ok} | {note} |")
     md = "\n".join(lines)
     write_section(args.results, "peers", md)
-    return md
+    head = lines[0] + "\n\n" + lines[2] + "\n\n"
+    tmd = head + targets.targets_markdown(medians, rates, one, guard, args.quick)
+    write_section(args.results, "targets", tmd)
+    return md + "\n\n" + tmd
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Runs DeepSparse and ONNX Runtime for bench_peers.py inside the peers' own venv (numpy<2, onnx<1.15).
 
 Protocol: one JSON object per line on stdin, one reply per line on stdout.
-  {"cmd": "load", "name": N, "engine": "deepsparse"|"ort", "path": model.onnx, "threads": T, "batch": B}
+  {"cmd": "load", "name": N, "engine": "deepsparse"|"ort"|"openvino", "path": model.onnx, "threads": T, "batch": B}
   {"cmd": "run", "name": N, "inputs": [a.npy, ...], "reps": R, "out": y.npy}  -> {"times": [s, ...]}
 Each run makes one untimed call first (ORT's threads spin for ~36 ms after a call, and the engine that
 ran before this one must not be charged for it), then R timed calls; the first output goes to ``out``.
@@ -42,6 +42,11 @@ def _load(engine: str, path: str, threads: int, batch: int):
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         return lambda xs: sess.run(None, dict(zip(names, xs, strict=True)))[0]
+    if engine == "openvino":  # optional: only when the venv has it
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        return lambda xs: compiled(xs)[0]
     raise ValueError(f"unknown engine {engine!r}")
 
 

@@ -16,7 +16,10 @@ def _pairs(text: str) -> tuple[tuple[int, int], ...]:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Known options, and the rest (passed on to the GPU benchmark)."""
     p = argparse.ArgumentParser(prog="sparsec bench", description="Benchmark sparsec against torch dense, "
-                                "torch.sparse and scipy; writes a markdown report, raw JSON and a plot.")
+                                "torch.sparse and scipy; writes a markdown report, raw JSON and a plot.",
+                                epilog="Peers (DeepSparse 1.8, ONNX Runtime, optional OpenVINO) and the issue-10 "
+                                "targets table: python benchmarks/peers/bench_peers.py [--quick] (after "
+                                "bash benchmarks/peers/setup_venv.sh); writes RESULTS.md sections peers, targets.")
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--quick", action="store_true", help="reduced grid and a 2-layer BERT (< 1 minute)")
     p.add_argument("--out", type=Path, default=None,
