@@ -68,6 +68,8 @@ _TABLE: tuple[Knob, ...] = (
          "CPU BSR layers run the hand-scheduled natural-layout kernel (False: the sparsifier's)"),
     Knob("csr_natural_kernel", bool, True, None,
          "CPU CSR layers at N >= 2 read X [N, in] and write Y [N, out] (False: the Y^T = W X^T kernel)"),
+    Knob("slab_row_quantum", int, 64, None,
+         "CPU: thread slabs are cut at about equal nonzeros, on multiples of this many rows"),
     Knob("csr_k_tile", int, 128, None,
          "CPU CSR kernel: input columns per tile (X^T rows one walk touches, L1-sized); 0 untiled"),
     Knob("diag_max_density", float, 0.5, None, "diag scaling is matched only at or below this density"),

@@ -158,14 +158,9 @@ class SparseLinear(torch.nn.Module):
         self._bind()
 
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
-        """Split rows into ``threads`` slabs (aligned to the format's row block) and pack each one."""
-        row_block = self.fmt.lmap.block[0]
-        rows = self.out_features
-        per = -(-rows // threads)
-        per = -(-per // row_block) * row_block
+        """Split rows into ``threads`` slabs of about equal nonzeros (``slab_bounds``) and pack each one."""
         slabs = []
-        for r0 in range(0, rows, per):
-            r1 = min(rows, r0 + per)
+        for r0, r1 in slab_bounds(w, self.fmt.lmap.block[0], threads):
             packed = self.fmt.pack(w[r0:r1])
             b = None
             if bias is not None:
@@ -375,3 +370,29 @@ class SparseLinear(torch.nn.Module):
             f"stored={self.stored} activation={self.activation} residual={self.has_residual} "
             f"slabs={len(self.slabs)}"
         )
+
+
+def slab_bounds(w: torch.Tensor, row_block: int, threads: int) -> list[tuple[int, int]]:
+    """Row ranges of ``threads`` slabs holding about equal nonzeros (a thread's work is its nonzeros).
+
+    Cuts fall on multiples of knob ``slab_row_quantum`` (rounded up to the format's row block), so layers
+    of one shape keep sharing a few slab shapes and their compiled kernels; equal row counts when every
+    cut would land on the same quantum, or the weight is all zero."""
+    rows = w.shape[0]
+    quantum = max(row_block, -(-knobs.get("slab_row_quantum") // row_block) * row_block)
+    per = -(-rows // threads)
+    per = -(-per // row_block) * row_block
+    even = [(r0, min(rows, r0 + per)) for r0 in range(0, rows, per)]
+    nnz = (w != 0).sum(1).cumsum(0)
+    total = int(nnz[-1]) if rows else 0
+    if threads <= 1 or total == 0 or rows <= quantum:
+        return even
+    cuts = [0]
+    for t in range(1, threads):
+        r = int(torch.searchsorted(nnz, total * t / threads)) + 1  # rows [0, r) hold >= t/threads of them
+        r = min(rows, max(cuts[-1] + quantum, round(r / quantum) * quantum))
+        if r >= rows:
+            break
+        cuts.append(r)
+    cuts.append(rows)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))

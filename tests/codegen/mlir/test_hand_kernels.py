@@ -144,3 +144,26 @@ def test_natural_bsr_off_by_knob_uses_sparsifier():
     assert not layer.natural and layer.kernels(4)[0].spec.form == "scatter"
     x = torch.randn(4, 32)
     assert_close(layer(x), reference(x, w))
+
+
+def test_slabs_balance_nonzeros_on_row_quanta():
+    """A weight whose nonzeros crowd into its first rows: the two threads' slabs hold about equal nonzeros."""
+    from sparsec.targets.cpu.sparse_linear import slab_bounds
+
+    w = random_weight(512, 256, 0.05, 3)
+    w[:128] = random_weight(128, 256, 1.0, 4)
+    bounds = slab_bounds(w, 1, 2)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 512 and all(r0 % 64 == 0 for r0, _ in bounds)
+    nnz = [int((w[r0:r1] != 0).sum()) for r0, r1 in bounds]
+    assert max(nnz) < 0.65 * sum(nnz), (bounds, nnz)  # equal rows would put 84% in the first slab
+    assert slab_bounds(torch.zeros(512, 8), 1, 2) == [(0, 256), (256, 512)]
+    assert slab_bounds(w, 16, 3)[0][1] % 64 == 0
+    layer = SparseLinear("t", registry.get_format("csr"), w, torch.randn(512), "relu", False, threads=2)
+    assert [r for _, _, r in layer.slabs] == bounds
+    x = torch.randn(16, 256)
+    assert_close(layer(x), reference(x, w, layer_bias(layer), "relu"))
+
+
+def layer_bias(layer: SparseLinear) -> torch.Tensor:
+    """The bias a layer packed, gathered back from its slabs."""
+    return torch.cat([b[: r1 - r0] for _, b, (r0, r1) in layer.slabs])
