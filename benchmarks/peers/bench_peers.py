@@ -209,7 +209,9 @@ def run(args) -> str:
     torch.set_num_threads(args.threads)
     load1, gemm1 = os.getloadavg()[0], gemm_seconds()
     cores = os.cpu_count() or 1
-    busy = max(load0, load1) - 1 > 0.5 * cores or gemm1 > 1.3 * gemm0
+    # the load average counts this run's own threads at the end (not at the start, which may still hold
+    # an earlier job's tail): other processes ran when what is left exceeds half the cores
+    busy = max(load0, load1 - args.threads) > 0.5 * cores or gemm1 > 1.3 * gemm0
     info = machine_info(args.threads)
     lines = [
         f"Peers, {'--quick (2-layer BERT, 3 rounds x 5 calls)' if args.quick else 'full (10 rounds x 10 calls)'}, "

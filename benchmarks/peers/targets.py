@@ -104,7 +104,7 @@ for name in ("dense 3072x768", "2:4 3072x768"):
     print("compile", flush=True)
     cm = sparsec.sparse_compile(lin, (x,), target="cpu", calibrate=True)
     fmts = sorted({m.fmt.label for m in cm.modules() if isinstance(m, SparseLinear)}) or ["dense"]
-    out[name] = {"formats": fmts, "calibration": cm.ir("calibrate").strip().splitlines()[0][:120], "model": cm,
+    out[name] = {"formats": fmts, "calibration": cm.ir("calibrate").strip().splitlines()[1].lstrip("# ")[:120], "model": cm,
                  "lin": lin, "x": x}
 print("compiled", flush=True)
 sys.stdin.readline()  # the parent stopped the burner
