@@ -9,8 +9,7 @@
 from __future__ import annotations
 
 from sparsec.compiler.api import sparse_compile
-from sparsec.compiler.artifact import load
-from sparsec.compiler.compiled_model import CompiledModel
+from sparsec.compiler.compiled_model import CompiledModel, load
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.pipeline import STAGES
 from sparsec.errors import (
@@ -25,8 +24,7 @@ from sparsec.formats.base import PackedWeight, SparseFormat
 from sparsec.formats.registry import formats, get_format, register_format, unregister_format
 from sparsec.report.profile import ProfileReport, profile
 from sparsec.runtime.training import dense_weight_grads
-
-__version__ = "0.1.0"
+from sparsec.version import __version__ as __version__
 
 __all__ = [
     "sparse_compile", "load", "profile", "ProfileReport", "dense_weight_grads", "CompileOptions", "CompiledModel", "STAGES",

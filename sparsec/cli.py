@@ -76,7 +76,7 @@ def _checkpoint(name: str, parser):
 
     path = Path(name)
     if path.is_dir():
-        from sparsec.compiler.artifact import load
+        from sparsec.compiler.compiled_model import load
 
         return load(path), None
     if not path.is_file():

@@ -28,7 +28,7 @@ def _child(state: str, layers: int, seed: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     logging.getLogger("torch._export").setLevel(logging.ERROR)
     import sparsec
-    from sparsec.bench.e2e import bert_model
+    from sparsec.bench.bert import bert_model
 
     model, inputs = bert_model(layers, seed)
     model.load_state_dict(torch.load(state, weights_only=True))

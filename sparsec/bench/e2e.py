@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
+from sparsec.bench.bert import BERT_SEQ, bert_model
 from sparsec.bench.methods import RTOL
 from sparsec.bench.timing import time_interleaved
 
-#: BERT-base (HF BertConfig): hidden 768, 12 layers, 12 heads, FFN 3072; seq 128, batch 1
-BERT_SEQ = 128
-
+__all__ = ["BERT_SEQ", "E2EConfig", "bert_model", "build_model", "layer_check", "max_rel_error", "run_e2e", "run_model"]
 
 @dataclass(frozen=True)
 class E2EConfig:
@@ -34,17 +33,6 @@ class E2EConfig:
     layer_budget_s: float = 0.1  # per implementation per layer in the per-layer check
     compile_subprocess: bool = True  # cold/warm compile times of BERT in fresh processes
     seed: int = 0
-
-
-def bert_model(layers: int = 12, seed: int = 0) -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
-    """HF ``BertModel`` with BERT-base's config and random weights, eval mode; input ids [1, 128]."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(hidden_size=768, num_hidden_layers=layers, num_attention_heads=12, intermediate_size=3072)
-    model = BertModel(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (1, BERT_SEQ), generator=torch.Generator().manual_seed(seed))
-    return model, (ids,)
 
 
 def build_model(name: str, cfg: E2EConfig) -> tuple[torch.nn.Module, tuple, torch.nn.Module]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from sparsec.targets.cpu.calibrate import cpu_name
+from sparsec.host import cpu_name
 
 
 def _cpu_flags() -> str:

@@ -30,6 +30,7 @@ frozen model); ``copy.deepcopy(cm)`` binds the copy to a deep copy of the source
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -47,6 +48,7 @@ from torch.utils import _pytree as pytree
 from sparsec.compiler import graph_io
 from sparsec.compiler.frozen import Frozen, SavedProgram, Seed
 from sparsec.errors import InputError, UnsupportedError
+from sparsec.version import __version__
 
 log = logging.getLogger("sparsec")
 FORMAT_VERSION = 2
@@ -59,15 +61,14 @@ def environment() -> dict:
     """What the saved kernels and graph depend on: the kernel cache key's parts, package and Python versions."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import sparsec
     from sparsec.codegen.mlir.disk_cache import _code_version
-    from sparsec.targets.cpu.calibrate import cpu_name
+    from sparsec.host import cpu_name
 
     try:
         mlir = version("torch-mlir")
     except PackageNotFoundError:
         mlir = "unknown"
-    return {"sparsec": sparsec.__version__, "torch": torch.__version__, "torch_mlir": mlir, "cpu": cpu_name(),
+    return {"sparsec": __version__, "torch": torch.__version__, "torch_mlir": mlir, "cpu": cpu_name(),
             "cpu_features": cpu_features(), "codegen": _code_version(), "python": graph_io.python_tag()}
 
 
@@ -275,17 +276,15 @@ def _fast_path(manifest: dict) -> str | None:
 
 
 def _sparsec_version() -> str:
-    import sparsec
-
-    return sparsec.__version__
+    return __version__
 
 
 def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, target: str, payload: dict,
             weights: dict[str, torch.Tensor]):
-    """The ``_Variant`` the payload describes, its tensors bound to ``model``'s (or to the saved weights)."""
-    from sparsec.compiler.compiled_model import _Variant
+    """The ``Variant`` the payload describes, its tensors bound to ``model``'s (or to the saved weights)."""
     from sparsec.compiler.context import CompileContext
     from sparsec.compiler.pipeline import layers_of
+    from sparsec.compiler.variant import Variant
 
     gm = graph_io.decode_graph(payload["graph"])
     root = model
@@ -296,7 +295,7 @@ def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, 
     if manifest.get("program", True):
         program = path / "program.pt2"
     captured = SavedProgram(program, manifest["dynamic"])
-    variant = _Variant(captured, gm, ctx, payload["report"], payload["specs"], payload["out_spec"])
+    variant = Variant(captured, gm, ctx, payload["report"], payload["specs"], payload["out_spec"])
     frozen = model is None
     for layer in layers_of(gm):
         mod = layer.module
@@ -309,10 +308,10 @@ def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, 
     return variant
 
 
-def load(path: str | Path, model: torch.nn.Module | None = None):
-    """The CompiledModel saved at ``path``; frozen, or bound to ``model`` (see the module docstring)."""
-    from sparsec.compiler.compiled_model import CompiledModel
-
+def load_args(path: str | Path, model: torch.nn.Module | None = None) -> dict:
+    """The CompiledModel constructor's arguments for the model saved at ``path``: frozen, or bound to ``model``
+    (see the module docstring). ``sparsec.load`` (sparsec/compiler/compiled_model.py) builds the model from
+    them, so this module never imports the class that imports it."""
     path = Path(path)
     manifest = read_manifest(path)
     env = manifest["environment"]
@@ -333,7 +332,7 @@ def load(path: str | Path, model: torch.nn.Module | None = None):
         warnings.warn("sparsec: the model's weights differ from the saved ones; compiling it afresh", stacklevel=2)
         payload = graph_io.read(path, saved, arrays)
         args, kwargs = pytree.tree_unflatten(payload["example_flat"], payload["in_spec"])
-        return CompiledModel(model, tuple(args), kwargs, options, manifest["target"])
+        return _args(model, args, kwargs, options, manifest["target"])
     bind = graph_io.tensor_names(model) if model is not None else saved
     payload = graph_io.read(path, bind, arrays)
     source = model
@@ -344,13 +343,17 @@ def load(path: str | Path, model: torch.nn.Module | None = None):
     if model is None:
         variant.captured = source._program  # one lazily loaded program for the variant and the source
     args, kwargs = pytree.tree_unflatten(payload["example_flat"], payload["in_spec"])
-    return CompiledModel(source, tuple(args), kwargs, options, manifest["target"], seed=variant)
+    return _args(source, args, kwargs, options, manifest["target"], seed=variant)
+
+
+def _args(model, args, kwargs, options, target: str, seed=None) -> dict:
+    """CompiledModel's constructor arguments."""
+    return {"model": model, "args": tuple(args), "kwargs": kwargs, "options": options, "target": target, "seed": seed}
 
 
 def _load_program(path: Path, manifest: dict, model: torch.nn.Module | None, options):
     """Version 1 (and the fallback): lower the saved program again with every layer pinned to its format."""
     from sparsec.compiler.capture import Captured
-    from sparsec.compiler.compiled_model import CompiledModel
 
     if not manifest.get("program", True):
         raise UnsupportedError(f"{path}: its lowered graph cannot be used here and it holds no program")
@@ -365,14 +368,14 @@ def _load_program(path: Path, manifest: dict, model: torch.nn.Module | None, opt
     gm = program.module()
     if model is not None and not _same_weights(model, gm.state_dict()):
         warnings.warn("sparsec: the model's weights differ from the saved ones; compiling it afresh", stacklevel=2)
-        return CompiledModel(model, tuple(args), kwargs, options, manifest["target"])
+        return _args(model, args, kwargs, options, manifest["target"])
     seed = Seed(Captured(program, gm, manifest["dynamic"]), manifest["formats"])
     if model is None:
         saved_program = SavedProgram(path / "program.pt2", manifest["dynamic"])
         saved_program._program = program
         weights = program.module().state_dict()
         model = Frozen(dict(weights), manifest.get("state_dict_keys", list(weights)), saved_program)
-    return CompiledModel(model, tuple(args), kwargs, options, manifest["target"], seed=seed)
+    return _args(model, args, kwargs, options, manifest["target"], seed=seed)
 
 
 def _same_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> bool:
@@ -392,20 +395,18 @@ def to_bytes(cm) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def from_bytes(files: dict[str, bytes], model: torch.nn.Module | None = None):
-    """A CompiledModel from ``to_bytes``'s files (unpickling). The files live on in memory: the model's
-    tensors are not memory-mapped, and its program is deserialized from these bytes when needed."""
+@contextlib.contextmanager
+def unpacked(files: dict[str, bytes]):
+    """A temporary artifact directory holding ``to_bytes``'s files, removed on exit."""
     with tempfile.TemporaryDirectory(prefix="sparsec-artifact-") as tmp:
         root = Path(tmp)
         for rel, data in files.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(data)
-        cm = load(root, model=model)
-        _detach_from(cm, root, files)
-        return cm
+        yield root
 
 
-def _detach_from(cm, root: Path, files: dict[str, bytes]) -> None:
+def detach_from(cm, root: Path, files: dict[str, bytes]) -> None:
     """Point a model loaded from a temporary directory at the in-memory copies of its files."""
     program = files.get("program.pt2")
     for v in cm._variants:
@@ -417,5 +418,5 @@ def _detach_from(cm, root: Path, files: dict[str, bytes]) -> None:
         src._program.source = program
 
 
-__all__ = ["save", "load", "to_bytes", "from_bytes", "restore", "read_manifest", "Frozen", "Seed", "SavedProgram",
+__all__ = ["save", "load_args", "to_bytes", "unpacked", "detach_from", "restore", "read_manifest", "Frozen", "Seed", "SavedProgram",
            "environment"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from dataclasses import dataclass
 
 import torch
 from torch.utils import _pytree as pytree
@@ -27,6 +26,7 @@ from sparsec.compiler.capture import Captured, capture
 from sparsec.compiler.context import CompileContext
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.pipeline import PASSES, STAGES, build_report, layers_of, run_passes
+from sparsec.compiler.variant import Variant
 from sparsec.errors import CaptureError, InputError
 from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
@@ -35,21 +35,6 @@ from sparsec.targets.cpu import calibrate
 from sparsec.targets.cpu.threads import default_threads
 
 log = logging.getLogger("sparsec")
-
-
-@dataclass
-class _Variant:
-    captured: Captured
-    module: torch.fx.GraphModule
-    ctx: CompileContext
-    report: Report
-    specs: list  # per flattened input: (shape with None for dynamic dims, ranges) or a constant
-    out_spec: object = None  # how the graph's flat outputs nest (the graph itself takes and returns flat lists)
-    trainable: bool = False  # every gradient reaches the model's own tensors (sparsec.runtime.training)
-
-    def __call__(self, flat: list):
-        """Run the graph on flattened inputs and nest its outputs like the model's."""
-        return pytree.tree_unflatten(list(self.module(*flat)), self.out_spec)
 
 
 class _WeightWatch:
@@ -128,7 +113,7 @@ class CompiledModel(torch.nn.Module):
         self._train_dependent = (seed is None and not self._train_mods
                                  and training.differs_in_train_mode(model, args, kwargs or {}))
         self._lock = threading.RLock()
-        self._variants: list[_Variant] = []
+        self._variants: list[Variant] = []
         self._seed = seed  # a loaded artifact's variant, or program and formats (compiler/artifact.py), used once
         self._first = seed is None  # the first compile may come from the captured-graph cache
         # [the source model] when the graph would only replay it (a list: nn.Module must not register it)
@@ -136,7 +121,7 @@ class CompiledModel(torch.nn.Module):
         self._compile(args, kwargs or {})
 
     # --- compiling ----------------------------------------------------------------------------------
-    def _compile(self, args: tuple, kwargs: dict, dynamic: bool | None = None) -> _Variant:
+    def _compile(self, args: tuple, kwargs: dict, dynamic: bool | None = None) -> Variant:
         model = self._model[0]
         # Only the first capture is dynamic by default: later variants exist because a shape fell outside
         # its ranges (see _new_variant for the exception).
@@ -153,7 +138,7 @@ class CompiledModel(torch.nn.Module):
         self._first = False
         if seed is None and first:  # the captured-graph cache (sparsec/compiler/graph_cache.py)
             seed, cache_key = graph_cache.lookup(self, model, args, kwargs, dynamic)
-        if isinstance(seed, _Variant):  # a saved or cached compile, restored
+        if isinstance(seed, Variant):  # a saved or cached compile, restored
             return self._install(seed, model, from_artifact=not isinstance(seed.ctx.root, torch.nn.Module))
         cap = seed.captured if seed is not None else capture(model, args, kwargs, dynamic=dynamic)
         ctx = CompileContext(options=self.options, root=model, target=self.target)
@@ -189,14 +174,14 @@ class CompiledModel(torch.nn.Module):
         out_spec = gm._out_spec
         gm.graph._codegen = torch.fx.graph.CodeGen()
         gm.recompile()
-        variant = _Variant(cap, gm, ctx, build_report(gm, ctx.notes), _input_specs(cap), out_spec)
+        variant = Variant(cap, gm, ctx, build_report(gm, ctx.notes), _input_specs(cap), out_spec)
         ctx.stages["lowered"] = stage_text.lowered_stage_text(gm)
         self._install(variant, model, from_artifact=seed is not None)
         if cache_key is not None:
             graph_cache.store(self, cache_key)
         return variant
 
-    def _install(self, variant: _Variant, model, from_artifact: bool) -> _Variant:
+    def _install(self, variant: Variant, model, from_artifact: bool) -> Variant:
         variant.trainable = training.trainable_graph(variant.module, model)
         self._params = [p for p in model.parameters() if p.is_floating_point()]
         self._variants.append(variant)
@@ -278,7 +263,7 @@ class CompiledModel(torch.nn.Module):
             variant = self._find_variant(flat, static_only=True) or self._new_variant(args, kwargs, flat)
         return self._run(variant, flat)
 
-    def _run(self, variant: _Variant, flat: list):
+    def _run(self, variant: Variant, flat: list):
         """Run a variant; when grad is required and it cannot give gradients, its outputs raise on backward."""
         out = variant(flat)
         if variant.trainable or not torch.is_grad_enabled():
@@ -334,7 +319,7 @@ class CompiledModel(torch.nn.Module):
                                 f"(the model fixes it; example shape {tuple(ex.shape)})"
                             )
 
-    def _find_variant(self, flat: list, static_only: bool = False) -> _Variant | None:
+    def _find_variant(self, flat: list, static_only: bool = False) -> Variant | None:
         # Shape-specialized variants first: they exist because the dynamic one rejected those exact shapes.
         for v in sorted(self._variants, key=lambda v: v.captured.dynamic):
             if static_only and v.captured.dynamic:
@@ -343,7 +328,7 @@ class CompiledModel(torch.nn.Module):
                 return v
         return None
 
-    def _new_variant(self, args, kwargs, flat) -> _Variant:
+    def _new_variant(self, args, kwargs, flat) -> Variant:
         if len(self._variants) >= self.options.max_variants:
             shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
             raise InputError(
@@ -377,7 +362,7 @@ class CompiledModel(torch.nn.Module):
         from sparsec.compiler import artifact
 
         with self._lock:
-            return artifact.from_bytes, (artifact.to_bytes(self),)
+            return from_bytes, (artifact.to_bytes(self),)
 
     def __deepcopy__(self, memo):
         import copy
@@ -386,7 +371,7 @@ class CompiledModel(torch.nn.Module):
 
         with self._lock:
             model = copy.deepcopy(self._model[0], memo)
-            return artifact.from_bytes(artifact.to_bytes(self), model=model)
+            return from_bytes(artifact.to_bytes(self), model=model)
 
     def state_dict(self, *args, **kwargs):
         """The weights the model computes from: the source model's state dict (dense, unpacked)."""
@@ -496,3 +481,21 @@ def _finite(v) -> bool:
         return float(v) != float("inf")
     except (TypeError, ValueError):
         return False
+
+
+def load(path, model: torch.nn.Module | None = None) -> CompiledModel:
+    """``sparsec.load``: the CompiledModel saved at ``path``, frozen or bound to ``model`` (sparsec/compiler/artifact.py)."""
+    from sparsec.compiler import artifact
+
+    return CompiledModel(**artifact.load_args(path, model))
+
+
+def from_bytes(files: dict[str, bytes], model: torch.nn.Module | None = None) -> CompiledModel:
+    """A CompiledModel from ``artifact.to_bytes``'s files (unpickling, deepcopy). The files live on in memory:
+    the model's tensors are not memory-mapped, and its program is deserialized from these bytes when needed."""
+    from sparsec.compiler import artifact
+
+    with artifact.unpacked(files) as root:
+        cm = load(root, model=model)
+        artifact.detach_from(cm, root, files)
+        return cm

@@ -11,7 +11,7 @@ import torch
 
 from sparsec.report import energy
 from sparsec.report.hwfit import mask_fit
-from sparsec.report.profile import LayerProfile, ProfileReport, _numel, _timed_calls, _Timer
+from sparsec.report.layer_profile import LayerProfile, ProfileReport, Timer, numel, timed_calls
 
 
 def _source_weight(cm, layer) -> tuple[torch.Tensor | None, bool]:
@@ -36,9 +36,9 @@ def profile_compiled(cm, inputs: tuple, kwargs: dict, repeats: int) -> ProfileRe
     variant = cm._find_variant(list(torch.utils._pytree.tree_leaves((inputs, kwargs)))) or cm._primary
     layers = layers_of(variant.module)
     mods = {x.name: x.module for x in layers if x.module is not None}
-    timer = _Timer(mods)
+    timer = Timer(mods)
     try:
-        total_us, rapl = _timed_calls(cm, inputs, kwargs, repeats)
+        total_us, rapl = timed_calls(cm, inputs, kwargs, repeats)
     finally:
         timer.close()
     by_name = {r.name: r for r in variant.report.layers}
@@ -55,7 +55,7 @@ def profile_compiled(cm, inputs: tuple, kwargs: dict, repeats: int) -> ProfileRe
         abytes = layer.n * (in_f + out_f) * el
         io = timer.io.get(layer.name)
         if io is not None:
-            abytes = _numel(io[0]) * io[2] + _numel(io[1]) * io[3]
+            abytes = numel(io[0]) * io[2] + numel(io[1]) * io[3]
         rows.append(LayerProfile(
             name=layer.name, kind=rep.format, shape=(out_f, in_f), n=layer.n, dtype=str(layer.dtype).replace(
                 "torch.", ""), dense_flops=rep.dense_flops, executed_flops=executed, weight_bytes=int(wbytes),

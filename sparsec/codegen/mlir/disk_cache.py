@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sparsec import knobs
 from sparsec.codegen.spec import KernelSpec
+from sparsec.host import cpu_name
 from sparsec.runtime.cache import atomic_write, cache_dir, cache_enabled, read_json, write_json
 
 log = logging.getLogger("sparsec")
@@ -37,8 +38,6 @@ _CODEGEN_FILES = ("emit.py", "emit_rowvec.py", "emit_bsrvec.py", "emit_csrnat.py
 def _code_version() -> str:
     """Hash of the code generator's own source: a change to it invalidates every entry."""
     from importlib.metadata import version
-
-    from sparsec.targets.cpu.calibrate import cpu_name
 
     h = hashlib.sha256()
     here = Path(__file__).parent

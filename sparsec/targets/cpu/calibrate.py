@@ -21,15 +21,16 @@ import dataclasses
 import hashlib
 import logging
 import os
-import platform
 import time
 
 import torch
 
 from sparsec import knobs
 from sparsec.formats.cost import DEFAULT_MACHINE, Machine
+from sparsec.host import cpu_name
 from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_json
 from sparsec.runtime.progress import progress
+from sparsec.version import __version__
 
 log = logging.getLogger("sparsec")
 _MEMO: dict[str, Machine] = {}
@@ -39,18 +40,6 @@ STATUS: dict[str, str] = {}
 # The thresholds that decide whether a calibration run was disturbed (rounds, spread, peak fraction,
 # foreign load, retries, cache age, revalidation) are knobs: sparsec/knobs.py, "calibrate_*".
 CACHE_VERSION = 2
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def nominal_peak_flops(threads: int) -> float | None:
@@ -78,9 +67,7 @@ def machine_key(threads: int, dtype: torch.dtype = torch.float32) -> str:
     """Everything a calibration depends on: CPU, core count, threads, package versions, and the dtype
     for 16-bit layers (their rates are measured on their own: torch's bf16/fp16 GEMM and the 16-bit
     sparse kernels run at rates of their own)."""
-    import sparsec
-
-    parts = [cpu_name(), str(os.cpu_count()), str(threads), torch.__version__, sparsec.__version__]
+    parts = [cpu_name(), str(os.cpu_count()), str(threads), torch.__version__, __version__]
     if dtype != torch.float32:
         parts.append(str(dtype))
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]

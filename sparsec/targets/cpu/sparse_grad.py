@@ -158,12 +158,9 @@ def _transposed(module):
     """CSR of W^T (built once): the module that computes ``dz @ W`` with the forward kernels."""
     st: Trainable = module.trainable
     if st.transposed is None:
-        from sparsec.targets.cpu.sparse_linear import SparseLinear
-
         weight = st.refs[0].detach().float()
         wt = weight.t().contiguous()
-        tmod = SparseLinear(module.layer_name + ".T", registry.get_format("csr"), wt, None, None, False,
-                            threads=len(module.slabs))
+        tmod = module.plain(module.layer_name + ".T", registry.get_format("csr"), wt, None)
         out_f, in_f = module.out_features, module.in_features
         # where in ``flat`` order each W^T slot's value sits (flat is not sorted for blocked formats)
         order = torch.argsort(st.flat)
@@ -184,11 +181,9 @@ def _twin(module):
     """The same packed weight and bias without activation or residual: recomputes z for gelu/silu."""
     st: Trainable = module.trainable
     if st.twin is None:
-        from sparsec.targets.cpu.sparse_linear import SparseLinear
-
         weight, bias = st.refs
-        st.twin = SparseLinear(module.layer_name + ".z", module.fmt, weight.detach(),
-                               None if bias is None else bias.detach(), None, False, threads=len(module.slabs))
+        st.twin = module.plain(module.layer_name + ".z", module.fmt, weight.detach(),
+                               None if bias is None else bias.detach())
         if st.shared:  # the same pattern and slabs: read the module's values, no copy on refresh
             st.twin.adopt_values([p.buffers["values"] for p, _, _ in module.slabs])
         _copy_slabs(module, st.twin)

@@ -157,6 +157,12 @@ class SparseLinear(torch.nn.Module):
             bufs[at] = self._narrow("values", a)
         self._bind()
 
+    def plain(self, name: str, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None) -> SparseLinear:
+        """A plain ``SparseLinear`` (no activation, no residual) on this layer's threads: the backward's
+        transposed and pre-activation twins (sparsec/targets/cpu/sparse_grad.py builds them through this, so
+        that it need not import this module, which imports it)."""
+        return SparseLinear(name, fmt, weight, bias, None, False, threads=len(self.slabs))
+
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
         """Split rows into ``threads`` slabs of about equal nonzeros (``slab_bounds``) and pack each one."""
         slabs = []
