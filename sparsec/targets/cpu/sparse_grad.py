@@ -7,8 +7,10 @@ custom op ``sparsec::sparse_linear_backward`` (opaque to torch.compile / AOT aut
   positions straight into the dense-shaped gradient (zeros elsewhere: static sparse training), folding
   ``dz = dy * act'`` for relu/tanh (read off the saved output) and ``db = sum(dz)``.
 - Other formats: ``dz`` in torch, dW by a chunked torch gather over the stored positions.
-- gelu/silu: ``z`` is recomputed by a twin module (same packed weight, no epilogue); aten's
-  gelu/silu backward formulas give ``dz``.
+- gelu/silu: a layer called with grad runs its linear part ``z`` through the op (a twin module: the
+  same packed weight, no epilogue) and the activation in torch (``train_forward``), so autograd keeps
+  ``z`` and backward recomputes nothing. A direct call of the op on a gelu/silu layer recomputes ``z``
+  by the twin; aten's gelu/silu backward formulas give ``dz``.
 - ``dx = dz W``: the forward kernels run on a CSR copy of ``W^T`` (built on first backward).
 - ``dr = dy``.
 
@@ -178,16 +180,41 @@ def _transposed(module):
 
 
 def _twin(module):
-    """The same packed weight and bias without activation or residual: recomputes z for gelu/silu."""
+    """The same packed weight and bias without activation or residual (the layer's linear part ``z``).
+
+    It shares the module's training state (slot maps, stored values, the CSR copy of W^T) and, where the
+    slabs hold exactly the pattern, its packed values: a refresh of the module refreshes it."""
     st: Trainable = module.trainable
     if st.twin is None:
         weight, bias = st.refs
-        st.twin = module.plain(module.layer_name + ".z", module.fmt, weight.detach(),
-                               None if bias is None else bias.detach())
+        twin = module.plain(module.layer_name + ".z", module.fmt, weight.detach(),
+                            None if bias is None else bias.detach())
         if st.shared:  # the same pattern and slabs: read the module's values, no copy on refresh
-            st.twin.adopt_values([p.buffers["values"] for p, _, _ in module.slabs])
-        _copy_slabs(module, st.twin)
+            twin.adopt_values([p.buffers["values"] for p, _, _ in module.slabs])
+        _copy_slabs(module, twin)
+        twin.trainable, twin.train_refs = st, module.train_refs
+        twin._handle = register(twin)
+        st.twin = twin
     return st.twin
+
+
+#: activations the training forward leaves to torch: the kernels run the linear part, whose result ``z``
+#: autograd saves for the activation's backward (no recompute of ``z`` in backward)
+UNFOLDED = {"gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu}
+
+
+def train_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """The layer through the autograd-capable custom op (module.trainable is set).
+
+    relu/tanh stay fused (their derivative is read off the output in backward); gelu/silu run the linear
+    part through the op and the activation (and the residual add) in torch, which costs the activation
+    once in forward instead of a second sparse matmul in backward."""
+    w, b = module.train_refs
+    act = UNFOLDED.get(module.activation)
+    if act is None:
+        return torch.ops.sparsec.sparse_linear(x, w, b, residual, module._handle)
+    y = act(torch.ops.sparsec.sparse_linear(x, w, b, None, _twin(module)._handle))
+    return y if residual is None else y + residual
 
 
 @torch.library.custom_op("sparsec::sparse_linear", mutates_args=())

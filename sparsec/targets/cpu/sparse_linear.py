@@ -242,8 +242,7 @@ class SparseLinear(torch.nn.Module):
             if sparse_grad.needs_grad(self, x, residual):
                 if self.trainable is None:  # slot maps cost three packs: built on the first call that needs them
                     self.enable_training(*self.train_refs)
-                w, b = self.train_refs
-                return torch.ops.sparsec.sparse_linear(x, w, b, residual, self._handle)
+                return sparse_grad.train_forward(self, x, residual)
         return self.run(x, residual)
 
     def run(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
