@@ -58,36 +58,43 @@ def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dyn
         if dynamic and not kwargs:  # keyword inputs are captured static: the runtime recompiles per shape
             try:
                 ep = torch.export.export(model, args, dynamic_shapes=_auto_dims(args))
-                return _inline_autocast(Captured(ep, ep.module(), dynamic=True))
+                return _inline_wrappers(Captured(ep, ep.module(), dynamic=True))
             except Exception as exc:  # fall back to a static capture; its error is the one users see
                 log.info("sparsec: dynamic-shape export failed (%s); retrying with static shapes", exc)
         try:
             ep = torch.export.export(model, args, kwargs)
         except Exception as exc:
             raise CaptureError(_explain(exc, model, kwargs)) from exc
-        return _inline_autocast(Captured(ep, ep.module(), dynamic=False))
+        return _inline_wrappers(Captured(ep, ep.module(), dynamic=False))
     finally:
         for store, name, t in swapped:
             store[name] = t
         model.train(was_training)
 
 
-def _autocast_regions(gm: torch.fx.GraphModule) -> list[tuple[str, torch.dtype]]:
-    """(device, dtype) of every enabled ``torch.autocast`` region export kept as a higher-order op."""
-    hop = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
-    return [(str(n.args[0]), n.args[1]) for n in gm.graph.nodes
-            if n.op == "call_function" and hop is not None and n.target is hop and n.args[2]]
+def _wrapper_regions(gm: torch.fx.GraphModule) -> tuple[list[tuple[str, torch.dtype]], int]:
+    """(device, dtype) of every enabled ``torch.autocast`` region, and the count of all regions export kept
+    as higher-order ops (autocast, enabled or not, and ``torch.no_grad()`` / ``enable_grad()`` /
+    ``set_grad_enabled``)."""
+    hops = [getattr(torch.ops.higher_order, name, None) for name in ("wrap_with_autocast", "wrap_with_set_grad_enabled")]
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in hops and n.target is not None]
+    regions = [(str(n.args[0]), n.args[1]) for n in calls if n.target is hops[0] and n.args[2]]
+    return regions, len(calls)
 
 
-def _inline_autocast(cap: Captured) -> Captured:
-    """Inline ``torch.autocast`` regions of forward into explicit casts (``_to_copy`` of the weights and
-    activations, what autocast does in eager), so the passes see the layers inside them: inside its
-    higher-order op a Linear is invisible and the report would be empty. The casts of constant weights are
-    folded by fold_constants; the layers then compute in the autocast dtype, as in eager."""
-    regions = _autocast_regions(cap.module)
-    if not regions:
+def _inline_wrappers(cap: Captured) -> Captured:
+    """Inline the regions export wraps in higher-order ops: inside one a Linear is invisible to the passes
+    and the report would be empty. ``torch.autocast`` regions become explicit casts (``_to_copy`` of the
+    weights and activations, what autocast does in eager; fold_constants folds the casts of constant
+    weights, and the layers compute in the autocast dtype, as in eager). Grad-mode regions
+    (``with torch.no_grad():`` in forward, as Reformer's layers have) change nothing in an inference graph
+    and are inlined as they are."""
+    regions, wrapped = _wrapper_regions(cap.module)
+    if not wrapped:
         return cap
     ep = cap.program.run_decompositions({})
+    if not regions:
+        return Captured(ep, ep.module(), cap.dynamic, cap.notes)
     kinds = sorted({f"{dev}/{str(dt).replace('torch.', '')}" for dev, dt in regions})
     note = (f"torch.autocast ({', '.join(kinds)}) inside forward: {len(regions)} region(s) inlined as explicit "
             "casts; the layers inside compute in the autocast dtype, as in eager (on the CPU target a layer "

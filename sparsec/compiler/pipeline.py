@@ -31,6 +31,7 @@ from sparsec.passes import (
     select,
     shrink,
 )
+from sparsec.passes.analyze import why_no_layers
 from sparsec.report.hwfit import fit_from_facts
 from sparsec.report.report import LayerReport, Report
 
@@ -108,6 +109,8 @@ def build_report(gm: GraphModule, notes: list[str] | None = None) -> Report:
             measured_dense_us=layer.measured["dense"] * 1e6 if "dense" in layer.measured else None,
             measured_us=layer.measured[layer.format] * 1e6 if layer.format in layer.measured else None,
         ))
+    if not rep.layers:  # never an empty report without a word: say why nothing could be made sparse
+        rep.notes.append(why_no_layers(gm))
     rep.torch_ops = [
         str(node.target).replace("aten.", "").split(".")[0]
         for node in gm.graph.nodes

@@ -25,6 +25,9 @@ class WeightFacts:
     # "2:4" -> fraction of the groups that hold <= 2 (only when `in` is a multiple of M; read with getattr:
     # facts pickled before it existed lack it)
     nm_fraction: dict[str, float] = field(default_factory=dict)
+    # "2:4" -> every group of 4 along `out` holds <= 2: the pattern runs along the wrong dimension for the
+    # N:M kernels (a [in, out] weight pruned along its last dimension); only for the report's reason
+    nm_outputs: dict[str, bool] = field(default_factory=dict)
     block_fill: dict[int, float] = field(default_factory=dict)  # b -> fraction of b x b blocks not all zero
     block_nonzero: dict[int, int] = field(default_factory=dict)  # b -> count of b x b blocks not all zero
     zero_rows: int = 0
@@ -87,6 +90,8 @@ def compute_facts(weight: torch.Tensor) -> WeightFacts:
         facts.nm_fraction["1:4"] = float(np.mean(real4 <= 1))
     if in_f % 8 == 0 and out_f:
         facts.nm_fraction["4:8"] = float(np.mean((count4[:out_f, 0::2] + count4[:out_f, 1::2])[:, : in_f // 8] <= 4))
+    if not facts.nm["2:4"]:
+        facts.nm_outputs["2:4"] = bool(_byte_counts(np.ascontiguousarray(padded.T).view(np.uint8), 4).max(initial=0) <= 2)
     any8 = _byte_counts(rows, 8) != 0  # [rows, cols / 8]: any nonzero in 8 columns
     r, c8 = any8.shape
     blocks = any8.reshape(r // 8, 8, c8).any(axis=1)  # 8 x 8 blocks

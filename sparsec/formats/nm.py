@@ -26,8 +26,14 @@ class NM(SparseFormat):
 
     def accepts(self, facts: WeightFacts) -> str | None:
         """Only weights that satisfy the pattern in every group."""
-        if not facts.nm.get(f"{self.n}:{self.m}", False):
-            return f"not {self.n}:{self.m} in every group of {self.m} inputs"
+        key = f"{self.n}:{self.m}"
+        if not facts.nm.get(key, False):
+            if getattr(facts, "nm_outputs", {}).get(key, False):  # facts pickled before it existed lack it
+                return (f"{key} along the outputs, not the inputs: N:M kernels skip weights within groups of "
+                        f"{self.m} consecutive inputs (the reduction dimension), so this layer is "
+                        f"{1 - facts.density:.0%} unstructured; prune groups along the inputs (dim 0 of a "
+                        f"weight stored [in, out], such as transformers' Conv1D)")
+            return f"not {key} in every group of {self.m} inputs"
         return None
 
     def stored_values(self, facts: WeightFacts) -> int:

@@ -13,7 +13,14 @@ from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
 from sparsec.formats.facts import WeightFacts, compute_facts
-from sparsec.passes.matmul_like import MatmulMatch, batched_weight, example_rows, match, weight_matrix
+from sparsec.passes.matmul_like import (
+    MatmulMatch,
+    batched_weight,
+    example_rows,
+    is_matmul,
+    match,
+    weight_matrix,
+)
 
 
 @dataclass
@@ -70,3 +77,23 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         lines.append(f"{node.name}: {name} {facts.summary()}")
     ctx.summaries["analyze"] = "\n".join(lines)
     return gm
+
+
+def why_no_layers(gm: GraphModule) -> str:
+    """The report's note when it has no layer: no matmul-like op reads a constant weight: a region the passes
+    cannot see into, weights that are not constants, or no matmul at all."""
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
+    hidden = sorted({n.target.name() for n in nodes
+                     if isinstance(n.target, torch._ops.HigherOrderOperator)})
+    if hidden:
+        return (f"no layer can be made sparse: the graph runs its work inside higher-order ops ({', '.join(hidden)}: "
+                "torch.cond / map / while_loop regions), which the passes do not look into; the layers inside "
+                "run in torch. Move the layers out of the region (compute both branches and select with "
+                "torch.where) to make them sparse")
+    matmuls = sorted({str(n.target).replace("aten.", "") for n in nodes if is_matmul(n.target)})
+    if matmuls:
+        return (f"no layer can be made sparse: no matmul-like op ({', '.join(matmuls)}) reads a constant 2-d "
+                "weight; weights passed as inputs, or computed in forward from inputs, are not constants "
+                "(hold them as parameters or buffers of the model)")
+    return ("no layer can be made sparse: the graph has no linear, matmul or conv2d (groups 1) with a "
+            "constant weight; depthwise / grouped, 1-d and 3-d convolutions run in torch")

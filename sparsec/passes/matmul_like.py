@@ -236,7 +236,8 @@ def _root_constant(gm: GraphModule, node, depth: int = 6) -> str | None:
 _MATMUL_NAMES = ("grouped_mm", "bmm", "matmul")
 
 
-def _is_matmul(target) -> bool:
+def is_matmul(target) -> bool:
+    """True for an op that multiplies by a weight operand (linear, mm, matmul, bmm, addmm, einsum, grouped mm)."""
     if target in _MATMULS:
         return True
     if not isinstance(target, torch._ops.OpOverload):
@@ -248,7 +249,7 @@ def batched_weight(gm: GraphModule, node: Node) -> str | None:
     """Why ``node`` keeps a constant weight dense: a matmul-like op reading a rank >= 3 constant (per-head
     weights ``x @ W[heads, in, out]``, or one expert's slice of fused MoE weights ``W[experts, out, in]``).
     None when the node is no such op. No kernel takes a batch of sparse matrices yet."""
-    if node.op != "call_function" or not _is_matmul(node.target):
+    if node.op != "call_function" or not is_matmul(node.target):
         return None
     args = node.args[0] if node.target == aten.einsum.default and len(node.args) > 1 else None
     operands = list(node.args[1]) if args is not None else list(node.args)
