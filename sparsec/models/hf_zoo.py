@@ -118,11 +118,13 @@ PROBED: dict[str, Family] = {
 #: families torch.export (torch 2.13) cannot capture, with the reason; the sweep expects them to fail
 UNCAPTURABLE: dict[str, tuple[Family, str]] = {
     "longformer": (Family(lambda T: T.LongformerConfig(**_H, attention_window=4), "LongformerModel", "text"),
-                   "sliding-window attention checks `(is_index_global_attn).any().item()`-style sizes: export "
-                   "cannot guard on the data-dependent expression 4*u1 < s70"),
+                   "sliding-window attention sizes its chunks with a tensor (torch.div(seq_len, window_overlap, "
+                   "rounding_mode='trunc') fed to .view()), and export cannot guard on that data-dependent size "
+                   "(4*u1 < s70); it also branches on is_index_global_attn.flatten().any().item()"),
     "led": (Family(lambda T: T.LEDConfig(**_S2S, attention_window=4, max_encoder_position_embeddings=64,
                                          max_decoder_position_embeddings=64), "LEDModel", "seq2seq"),
-            "Longformer's encoder attention: export cannot guard on the data-dependent expression Eq(u0, 1)"),
+            "its Longformer encoder branches on is_index_global_attn.flatten().any().item() (a Python bool "
+            "from a tensor), and export cannot guard on the data-dependent Eq(u0, 1)"),
 }
 
 #: every family the module knows
