@@ -60,6 +60,9 @@ class SparseFormat:
     level_map: str | None = None
     #: the kernel family's rate in the cost model (a Machine attribute name)
     rate_name: str = "sparse_flops"
+    #: the runtime module class of this format's Linear layers on the CPU, for a format that brings its own
+    #: kernels (constructed like SparseLinear); None: SparseLinear, with kernels from the level map
+    cpu_module: type | None = None
 
     @property
     def label(self) -> str:
@@ -76,6 +79,11 @@ class SparseFormat:
     # --- what the selector asks -------------------------------------------------------------------
     def accepts(self, facts: WeightFacts) -> str | None:
         """None when this format can hold the weight, else the reason it cannot."""
+        return None
+
+    def accepts_layer(self, dtype: torch.dtype, kind: str, target: str) -> str | None:
+        """None when this format's kernels run a layer of this dtype, match kind (``linear``, ``left``,
+        ``conv2d``, ``diag``) and target (``cpu``, ``gpu``, ``interpret``), else the reason they do not."""
         return None
 
     def stored_values(self, facts: WeightFacts) -> int:

@@ -28,6 +28,12 @@ class Machine:
     block_dot_flops_16: float = 4e9
     block_dot_flops_32: float = 2e9
     structured_flops: float = 15e9  # MLIR structured[n, m] level: its inner loop stays scalar
+    # 16-bit bitmap / compact 2:4 kernels (formats/bitmap.py): packed bytes streamed per second, all threads,
+    # at N = 1 and N = 8 (only 16-bit layers use them; calibrate measures them per dtype)
+    bitmap_bw: float = 14e9
+    bitmap_bw8: float = 5e9
+    nm24c_bw: float = 15e9
+    nm24c_bw8: float = 5e9
     bandwidth: float = 20e9
     threads: int = 2
     thread_efficiency: float = 0.85

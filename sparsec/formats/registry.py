@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sparsec.errors import FormatError
 from sparsec.formats.base import SparseFormat
+from sparsec.formats.bitmap import Bitmap, NM24Compact
 from sparsec.formats.bsr import DEFAULT_BLOCKS
 from sparsec.formats.coo import COO
 from sparsec.formats.csr import CSR
@@ -53,5 +54,5 @@ def get_format(label: str) -> SparseFormat:
         raise FormatError(f"no format {label!r}; registered: {sorted(_REGISTRY)}") from None
 
 
-for _f in (Dense(), CSR(), *DEFAULT_BLOCKS, NM(2, 4), NM(1, 4), NM(4, 8), COO()):
+for _f in (Dense(), CSR(), Bitmap(), *DEFAULT_BLOCKS, NM(2, 4), NM(1, 4), NM(4, 8), NM24Compact(), COO()):
     register_format(_f)

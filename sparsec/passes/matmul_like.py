@@ -307,6 +307,8 @@ def runtime_module(m: MatmulMatch, name: str, fmt, weight: torch.Tensor, bias: t
     from sparsec.targets.cpu.sparse_rows import BucketedSparseLinear
 
     common = (name, fmt, weight, bias, activation, has_residual, threads)
+    if fmt.cpu_module is not None:  # a format with kernels of its own (accepts_layer admitted this kind)
+        return fmt.cpu_module(*common)
     if m.kind == "conv2d":
         return SparseConv2d(*common, **m.params)
     if m.kind in ("left", "diag"):

@@ -87,7 +87,7 @@ def _pin(layer, ctx: CompileContext) -> None:
 def _choose(layer, ctx: CompileContext, machine) -> None:
     facts, n = layer.facts, layer.n
     for fmt in _candidates(ctx):
-        why_not = fmt.accepts(facts)
+        why_not = fmt.accepts_layer(layer.dtype, layer.m.kind, ctx.target) or fmt.accepts(facts)
         if why_not is None and ctx.target != "cpu" and fmt.label != _DENSE and gpu_family(fmt) is None:
             why_not = "no Triton kernel for this format"
         if why_not is not None:

@@ -104,7 +104,9 @@ def _probes_16bit(threads: int, dtype: torch.dtype) -> dict:
 
     Bandwidths count 4 bytes per element (fp32-equivalent), so the cost model's fp32 byte counts
     divided by them give 16-bit times: the halved bytes are in the rate."""
+    from sparsec.codegen.mlir import emit_bitmap
     from sparsec.formats import registry
+    from sparsec.targets.cpu.compact_linear import CompactLinear
     from sparsec.targets.cpu.sparse_linear import SparseLinear
 
     g = torch.Generator().manual_seed(0)
@@ -115,18 +117,37 @@ def _probes_16bit(threads: int, dtype: torch.dtype) -> dict:
         xin = torch.randn(n, w.shape[1], generator=g).to(dtype)
         return (lambda: layer(xin)), 2.0 * n * layer.stored
 
+    def compact(fmt, w, n):  # the bitmap formats' rates: packed bytes per second
+        layer = CompactLinear("calibrate", registry.get_format(fmt), w.to(dtype), None, None, False, threads=threads)
+        xin = torch.randn(n, w.shape[1], generator=g).to(dtype)
+        return (lambda: layer(xin)), float(layer.nbytes)
+
     w2, x1 = torch.randn(2048, 2048, generator=g).to(dtype), torch.randn(1, 2048, generator=g).to(dtype)
     sparse = torch.randn(1024, 1024, generator=g) * (torch.rand(1024, 1024, generator=g) < 0.1)
     sparse2 = torch.randn(2048, 2048, generator=g) * (torch.rand(2048, 2048, generator=g) < 0.1)
     one = torch.ones(16, 16, dtype=dtype)
     xt = torch.randn(1, 16, generator=g).to(dtype)
-    return {
+    probes = {}
+    if emit_bitmap.available():
+        half = torch.randn(2048, 2048, generator=g) * (torch.rand(2048, 2048, generator=g) < 0.5)
+        for n, suffix in ((1, ""), (8, "8")):
+            probes[f"bitmap_bw{suffix}"] = compact("bitmap", half, n)
+            probes[f"nm24c_bw{suffix}"] = compact("nm2:4c", two_four(2048, 2048, g), n)
+    return probes | {
         "dense_flops": _dense_probe(g, dtype),
         "dense_gemv_bw": ((lambda: torch.nn.functional.linear(x1, w2)), 4.0 * 2048 * 2048),
         "sparse_flops": kernel(sparse, 64),
         "sparse_dot_flops": kernel(sparse2, 1),
         "torch_overhead": ((lambda: torch.nn.functional.linear(xt, one)), 1.0),
     }
+
+
+def two_four(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
+    """A random weight keeping the 2 largest of every 4 inputs."""
+    w = torch.randn(rows, cols, generator=g)
+    groups = w.reshape(rows, -1, 4)
+    keep = groups.abs().topk(2, dim=2).indices
+    return (groups * torch.zeros_like(groups).scatter_(2, keep, 1.0)).reshape(rows, cols)
 
 
 def _probes(threads: int) -> dict:
@@ -155,11 +176,7 @@ def _probes(threads: int) -> dict:
     aligned = weight(1024, 1024, 0.1, 32)  # 32-aligned blocks: every block size stores the same values
     for b in (8, 16, 32):
         probes[f"block_dot_flops_{b}"] = kernel(f"bsr{b}x{b}", aligned, 1)
-    nm = weight(512, 512, 1.0)
-    groups = nm.reshape(512, -1, 4)
-    keep = groups.abs().topk(2, dim=2).indices
-    nm = (groups * torch.zeros_like(groups).scatter_(2, keep, 1.0)).reshape(512, 512)
-    probes["structured_flops"] = kernel("nm2:4", nm, 64)
+    probes["structured_flops"] = kernel("nm2:4", two_four(512, 512, g), 64)
     if threads > 1:
         big = weight(2048, 1024, 0.1)
         probes["csr_one_thread"] = kernel("csr", big, 64, 1)
