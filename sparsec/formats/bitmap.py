@@ -38,21 +38,26 @@ STEP = 8
 #: bytes the kernel may read past the last packed value (a 16-byte load at the last offset)
 VALUE_PAD = 16
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
-_TORCH = {v: k for k, v in _DTYPES.items()}
+#: what pack stores (float32 too: the format holds any float weight exactly; only 16-bit ones have kernels)
+_STORED = {**_DTYPES, torch.float32: "f32"}
+_TORCH = {v: k for k, v in _STORED.items()}
+_BITS = {2: torch.int16, 4: torch.int32}
 
 
 @dataclass
 class Packed16(PackedWeight):
     """A bitmap / compact 2:4 weight: ``mask`` (one bit per weight, little-endian within each byte, rows
     of ``cols / 8`` bytes), ``values`` (the stored values' 16-bit patterns in row order, then ``VALUE_PAD``
-    zero bytes), ``vstart`` (bitmap only: each row's first value, int32) and the value ``dtype``."""
+    zero bytes), ``vstart`` (bitmap only: each row's first value, int32) and the value ``dtype``
+    (``bf16``, ``f16``; ``f32`` for weights packed in float32, which no kernel runs)."""
 
     dtype: str = "bf16"
 
     @property
     def stored(self) -> int:
         """Stored values (nonzeros, and a 2:4 group's explicit zeros), padding excluded."""
-        return int(self.buffers["values"].size - VALUE_PAD // 2)
+        vals = self.buffers["values"]
+        return int(vals.size - VALUE_PAD // vals.itemsize)
 
 
 def value_dtype(dtype: torch.dtype) -> str:
@@ -136,19 +141,23 @@ class Bitmap(SparseFormat):
         return (w != 0).numpy()
 
     def pack(self, weight: torch.Tensor) -> Packed16:
-        """Store a 2-d bf16/fp16 [out, in] weight (columns zero-padded to a multiple of 8)."""
+        """Store a 2-d [out, in] weight in its dtype (bf16/fp16 for the kernels; float32 is held exactly too,
+        other dtypes as float32), columns zero-padded to a multiple of 8."""
         if weight.dim() != 2:
             raise FormatError(f"format {self.label!r} packs 2-d weights, got shape {tuple(weight.shape)}")
-        dt = value_dtype(weight.dtype)
+        if weight.dtype not in _STORED:
+            weight = weight.float()
+        dt = _STORED[weight.dtype]
         rows, cols = weight.shape
         w = weight.detach().to("cpu")
         cp = self.padded_cols(cols)
         if cp != cols:
             w = torch.nn.functional.pad(w, (0, cp - cols))
         keep = self._stored_positions(w)
-        bits = w.contiguous().view(torch.int16).numpy()
-        vals = np.zeros(int(keep.sum()) + VALUE_PAD // 2, dtype=np.int16)
-        vals[: vals.size - VALUE_PAD // 2] = bits[keep]
+        bits = w.contiguous().view(_BITS[w.element_size()]).numpy()
+        pad = VALUE_PAD // w.element_size()
+        vals = np.zeros(int(keep.sum()) + pad, dtype=bits.dtype)
+        vals[: vals.size - pad] = bits[keep]
         bufs = {"mask": self._mask(keep).reshape(-1), "values": vals}
         if not self.fixed:
             vstart = np.zeros(rows, dtype=np.int32)
@@ -176,6 +185,8 @@ class NM24Compact(Bitmap):
     level_map = "(i, j) -> (i : dense, j floordiv 4 : dense, j mod 4 : structured[2, 4])"
     rate_fields = ("nm24c_bw", "nm24c_bw8")
     fixed = True
+    #: the N:M pattern, as NM formats spell it
+    n, m = 2, 4
 
     def accepts(self, facts: WeightFacts) -> str | None:
         """Only weights with at most two nonzeros in every group of four inputs."""

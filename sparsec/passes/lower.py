@@ -83,9 +83,10 @@ def _link_parameters(gm: GraphModule, ctx: CompileContext, m, module) -> None:
     Only a plain linear whose weight (and bias) are the model's own Parameters qualifies: a folded,
     shrunk or transposed weight has no parameter to give its gradient to (the model then raises on
     backward, see CompiledModel)."""
+    from sparsec.targets.cpu.compact_linear import CompactLinear
     from sparsec.targets.cpu.sparse_linear import SparseLinear
 
-    if type(module) is not SparseLinear or m.kind != "linear" or m.transposed or ctx.root is None:
+    if type(module) not in (SparseLinear, CompactLinear) or m.kind != "linear" or m.transposed or ctx.root is None:
         return
     params = {id(p) for p in ctx.root.parameters()}
     weight = get_constant(gm, m.weight)

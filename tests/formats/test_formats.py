@@ -18,7 +18,7 @@ SPARSE = [f for f in registry.formats() if f.name != "dense"]
 
 
 def _pattern_for(fmt) -> str:
-    if fmt.name == "nm":
+    if fmt.name.startswith("nm"):  # nm, and the compact 2:4 (nm2:4c)
         return f"nm{fmt.n}:{fmt.m}"
     if fmt.name == "bsr":
         return f"block{fmt.bh}"

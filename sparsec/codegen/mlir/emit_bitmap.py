@@ -162,7 +162,7 @@ def emit_bitmap_kernel(spec: BitmapSpec) -> str:
                       f"    %f0{r} = arith.addi %vi{r}, %vi{r} : index"]
     inits = ", ".join([f"{a} = %zv" for a in accs] + [f"{o} = %f0{r}" for r, o in enumerate(offs)])
     types = ", ".join([vt] * len(accs) + ["index"] * rps)
-    lines.append(f"    %res:{len(accs) + rps} = scf.for %g = %c0 to %groups step %c1 iter_args({inits}) -> ({types}) {{")
+    lines.append(f"    %acc:{len(accs) + rps} = scf.for %g = %c0 to %groups step %c1 iter_args({inits}) -> ({types}) {{")
     lines.append("      %col = arith.muli %g, %c8 : index")
     for j in range(n):
         lines.append(f"      %xj{j} = arith.constant {j} : index")
@@ -214,7 +214,7 @@ def _widen(spec: BitmapSpec, name: str, src: str) -> list[str]:
 def _epilogue(spec: BitmapSpec, r: int, j: int, q: int, ot: str) -> list[str]:
     """Reduce accumulator (row r, input j), bias, activation, residual in f32; round once; store."""
     b = Builder("f32", indent="    ", prefix=f"e{q}_")
-    lines = [f"    %s{q} = vector.reduction <add>, %res#{q} : vector<8xf32> into f32",
+    lines = [f"    %s{q} = vector.reduction <add>, %acc#{q} : vector<8xf32> into f32",
              f"    %ej{q} = arith.constant {j} : index"]
     v = f"%s{q}"
     if spec.bias:

@@ -12,7 +12,13 @@ import torch
 
 from sparsec import knobs
 from sparsec.codegen.mlir import emit_bitmap
-from sparsec.codegen.mlir.jit import ArgRef, CompiledKernel, compile_kernel, numpy_descriptor, torch_descriptor
+from sparsec.codegen.mlir.jit import (
+    ArgRef,
+    CompiledKernel,
+    compile_kernel,
+    numpy_descriptor,
+    torch_descriptor,
+)
 from sparsec.errors import InputError
 from sparsec.formats.base import SparseFormat, aligned_copy
 from sparsec.formats.bitmap import Packed16, value_dtype
@@ -22,7 +28,7 @@ from sparsec.targets.cpu.threads import run_parallel
 #: slab rows are multiples of this (every rows_per_step divides it)
 ROW_ALIGN = 8
 #: input rows per kernel call; more run in chunks
-MAX_N = 8
+ROWS_PER_CALL = 8
 
 
 def rows_per_step(n: int) -> int:
@@ -31,8 +37,8 @@ def rows_per_step(n: int) -> int:
 
 
 def chunks(n: int) -> list[tuple[int, int]]:
-    """(start, size) chunks of at most MAX_N input rows."""
-    return [(s, min(MAX_N, n - s)) for s in range(0, n, MAX_N)]
+    """(start, size) chunks of at most ROWS_PER_CALL input rows."""
+    return [(s, min(ROWS_PER_CALL, n - s)) for s in range(0, n, ROWS_PER_CALL)]
 
 
 class CompactLinear(torch.nn.Module):
@@ -56,11 +62,14 @@ class CompactLinear(torch.nn.Module):
         self.stored = sum(p.stored for p, _, _ in self.slabs)
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
         self._lut = aligned_copy(emit_bitmap.shuffle_table())
+        #: the user's (weight, bias) parameters, set by lower: a call that needs their gradients raises
+        self.train_refs: tuple | None = None
         self._bind()
 
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int) -> list:
         rows = self.out_features
-        per = -(-(-(-rows // threads)) // ROW_ALIGN) * ROW_ALIGN
+        per = -(-rows // threads)
+        per = -(-per // ROW_ALIGN) * ROW_ALIGN
         slabs = []
         for r0 in range(0, rows, per):
             r1 = min(rows, r0 + per)
@@ -101,7 +110,7 @@ class CompactLinear(torch.nn.Module):
         self._bind()
 
     def spec(self, packed: Packed16, n: int) -> emit_bitmap.BitmapSpec:
-        """The kernel spec of one slab for ``n`` (<= MAX_N) input rows."""
+        """The kernel spec of one slab for ``n`` (<= ROWS_PER_CALL) input rows."""
         rows, cols = packed.padded_shape
         return emit_bitmap.BitmapSpec(rows, cols, n, self.kernel_dtype, self.fmt.fixed, self.slabs[0][1] is not None,
                                       self.activation, self.has_residual, rows_per_step(n))
@@ -127,7 +136,8 @@ class CompactLinear(torch.nn.Module):
             raise InputError(f"{self.layer_name}: input on {x.device}, the CPU kernel takes CPU tensors")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise InputError(f"{self.layer_name}: input shape {tuple(x.shape)}, expected [..., {self.in_features}]")
-        if torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad)):
+        params = self.train_refs or ()
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *params)):
             raise NotImplementedError(
                 f"{self.layer_name}: gradients through the {self.fmt.label} kernels are not implemented; run "
                 "under torch.no_grad() / torch.inference_mode(), or compile with formats that train (csr, bsr)")
