@@ -72,6 +72,9 @@ _TABLE: tuple[Knob, ...] = (
          "CPU: thread slabs are cut at about equal nonzeros, on multiples of this many rows"),
     Knob("csr_k_tile", int, 128, None,
          "CPU CSR kernel: input columns per tile (X^T rows one walk touches, L1-sized); 0 untiled"),
+    Knob("csr_tiles_outer_kb", int, 256, None,
+         "CPU natural CSR kernel: input tiles outermost (one X tile transposed at a time) when the [in, 64] X "
+         "panel exceeds this many KB and the [out, 64] sums do not; 0: whenever there are 2+ tiles"),
     Knob("diag_max_density", float, 0.5, None, "diag scaling is matched only at or below this density"),
     Knob("autotune_top_k", int, 3, None, "autotune: candidates timed per layer group (dense is always timed)"),
     Knob("dense_conv_speedup", float, 2.0, None, "conv_select: torch's conv2d rate over a GEMM's"),

@@ -43,6 +43,10 @@ class KernelSpec:
     #: ``f32``, ``bf16``, ``f16``); 16-bit kernels extend to f32, accumulate in f32 and round once at
     #: the store. The bias is always f32.
     dtype: str = "f32"
+    #: the natural CSR kernel's loop order: input tiles outermost (one X tile transposed into an L1 panel at
+    #: a time, every row's partial sums kept in the accumulator panel) instead of row blocks outermost
+    #: (the whole [in, 64] X panel built first); see ``emit_csrnat.choose_tiles_outer``
+    tiles_outer: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -55,6 +59,8 @@ class KernelSpec:
             raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.k_tile < 0:
             raise ValueError(f"k_tile must be >= 0, got {self.k_tile}")
+        if self.tiles_outer and (self.form != "natural" or self.k_tile <= 0):
+            raise ValueError("tiles_outer is a loop order of the tiled natural CSR kernel (form 'natural', k_tile > 0)")
         if self.form == "dot" and self.n != 1:
             raise ValueError("the dot form computes one row (n == 1)")
 

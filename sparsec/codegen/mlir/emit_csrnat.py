@@ -17,6 +17,7 @@ Buffers: the CSR level map's (positions, coordinates, values), the tile position
 
 from __future__ import annotations
 
+from sparsec import knobs
 from sparsec.codegen.mlir import emit_rowvec
 from sparsec.codegen.spec import KernelSpec
 
@@ -136,6 +137,51 @@ def _block(spec: KernelSpec, tag: str, n0: str, width: int, xt_t: str, pt: str, 
     return lines
 
 
+def _block_tiles_outer(spec: KernelSpec, tag: str, n0: str, width: int, xt_t: str, pt: str, at: str, ot: str,
+                       it: str) -> list[str]:
+    """One block of ``width`` input rows, input tiles outermost: per tile, transpose that tile of X into
+    the (tile-sized, L1) panel and walk every row's nonzeros in it, the partial sums of all rows in the
+    accumulator panel; then all rows' sums go to Y. The X panel never exists whole (see ``tiles_outer``)."""
+    r, c = spec.rows, spec.cols
+    kt, nt = tile_width(spec), emit_rowvec.num_tiles(spec)
+    passes = emit_rowvec.segments(width)
+
+    def tile(t: str, base: str, col0: str, init: str, final: bool, ncols: int) -> list[str]:
+        out = _copy_t(f"x{tag}{t}", "%x", xt_t, "%pan", pt, (n0, col0), ("%c0", "%c0"), width, ncols, "  ")
+        for k, segs in enumerate(passes):
+            out += emit_rowvec._walk(spec, f"{tag}{t}{k}", segs, pt, at, it, "%tpos", base, init, final,
+                                     xbuf="%pan", obuf="%acc", residual=False, kshift=col0)
+        return out
+
+    lines = tile("f", "%c0", "%c0", "zero", False, kt)
+    if nt > 2:
+        lines += [f"  %mlo{tag} = arith.constant {r} : index", f"  %mhi{tag} = arith.constant {(nt - 1) * r} : index",
+                  f"  %mkt{tag} = arith.constant {kt} : index",
+                  f"  scf.for %mb{tag} = %mlo{tag} to %mhi{tag} step %rows {{",
+                  f"    %mt{tag} = arith.divui %mb{tag}, %rows : index",
+                  f"    %mc{tag} = arith.muli %mt{tag}, %mkt{tag} : index"]
+        lines += ["  " + ln for ln in tile("m", f"%mb{tag}", f"%mc{tag}", "load", False, kt)]
+        lines.append("  }")
+    lines += [f"  %lb{tag} = arith.constant {(nt - 1) * r} : index",
+              f"  %lc{tag} = arith.constant {(nt - 1) * kt} : index"]
+    lines += tile("l", f"%lb{tag}", f"%lc{tag}", "load", True, c - (nt - 1) * kt)
+    add = ("%res", ot) if spec.residual else None
+    lines += _copy_t(f"y{tag}", "%acc", at, "%out", ot, ("%c0", "%c0"), (n0, "%c0"), r, width, "  ", add)
+    return lines
+
+
+def choose_tiles_outer(rows: int, cols: int, n: int, k_tile: int) -> bool:
+    """The natural CSR kernel's loop order for a slab (``KernelSpec.tiles_outer``), from knob
+    ``csr_tiles_outer_kb``: input tiles outermost when the whole [in, 64] X panel would exceed that many KB
+    (not stay in L2) but the accumulators of all rows would not (768x3072 at BERT-base shapes: a 768 KB
+    panel, 192 KB of sums); 0: whenever the weight has two or more input tiles."""
+    if k_tile <= 0 or k_tile >= cols or n < 2:
+        return False
+    limit = knobs.get("csr_tiles_outer_kb") * 1024
+    nb = min(N_BLOCK, n)
+    return limit == 0 or (cols * nb * 4 > limit and rows * nb * 4 <= limit)
+
+
 def _row_block(spec: KernelSpec, tag: str, n0: str, width: int, lo: str, hi: str, nrows: int, pt: str,
                at: str, ot: str, it: str) -> list[str]:
     """Rows ``lo`` .. ``hi`` (``nrows``) of one input block: every tile's walk, then the transposed store."""
@@ -175,7 +221,9 @@ def emit_csrnat_kernel(spec: KernelSpec) -> str:
     nb = min(N_BLOCK, n)
     xt_t = f"memref<{n}x{c}xf32, strided<[?, 1]>>"
     ot = f"memref<{n}x{r}xf32, strided<[?, 1]>>"
-    pt, at = f"memref<{c}x{nb}xf32>", f"memref<{r}x{nb}xf32>"
+    outer = spec.tiles_outer and emit_rowvec.num_tiles(spec) > 1
+    block = _block_tiles_outer if outer else _block
+    pt, at = f"memref<{tile_width(spec) if outer else c}x{nb}xf32>", f"memref<{r}x{nb}xf32>"
     args = emit_rowvec.kernel_args(spec, xt_t, ot)
     lines = [
         f"func.func @{spec.name}({', '.join(args)}) attributes {{ llvm.emit_c_interface }} {{",
@@ -192,12 +240,12 @@ def emit_csrnat_kernel(spec: KernelSpec) -> str:
     if full:
         lines += [f"  %nfull = arith.constant {full * nb} : index", f"  %cnb = arith.constant {nb} : index",
                   "  scf.for %nb0 = %c0 to %nfull step %cnb {"]
-        lines += ["  " + ln for ln in _block(spec, "B", "%nb0", nb, xt_t, pt, at, ot, it)]
+        lines += ["  " + ln for ln in block(spec, "B", "%nb0", nb, xt_t, pt, at, ot, it)]
         lines.append("  }")
     if rem:
         # the tail block uses the left columns of the same panels (their static width is nb)
         lines.append(f"  %nrem = arith.constant {full * nb} : index")
-        lines += _block(spec, "R", "%nrem", rem, xt_t, pt, at, ot, it)
+        lines += block(spec, "R", "%nrem", rem, xt_t, pt, at, ot, it)
     lines += [f"  memref.dealloc %pan : {pt}", f"  memref.dealloc %acc : {at}", "  return", "}"]
     head = (f"// CSR ({emit_rowvec.CSR_MAP}) Y = X W^T in the natural layout, hand-scheduled: X tiles "
             "transposed into an L1 panel, register-blocked walk, Y tiles transposed back.\n")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sparsec import knobs
-from sparsec.codegen.mlir import emit_bsrvec, emit_rowvec
+from sparsec.codegen.mlir import emit_bsrvec, emit_csrnat, emit_rowvec
 from sparsec.codegen.mlir.jit import (
     ArgRef,
     CompiledKernel,
@@ -203,20 +203,23 @@ class SparseLinear(torch.nn.Module):
     def spec(self, packed: PackedWeight, n: int) -> KernelSpec:
         """The kernel spec of one slab for ``n`` rows of input."""
         rows, cols = packed.padded_shape
+        natural = self._natural_at(n)
+        k_tile = self.k_tile if n > 1 else 0
         return KernelSpec(
             format=self.fmt.label,
             level_map=self.fmt.level_map,
             rows=rows,
             cols=cols,
             n=n,
-            form="natural" if self._natural_at(n) else "dot" if n == 1 else "scatter",
+            form="natural" if natural else "dot" if n == 1 else "scatter",
             bias=self.slabs[0][1] is not None,
             activation=self.activation,
             residual=self.has_residual,
             vl=vector_length(n) if n > 1 else 0,
             index_bits=self.index_bits,
-            k_tile=self.k_tile if n > 1 else 0,
+            k_tile=k_tile,
             dtype=self.kernel_dtype,
+            tiles_outer=(natural and self._csr_kernel() and emit_csrnat.choose_tiles_outer(rows, cols, n, k_tile)),
         )
 
     def _natural_at(self, n: int) -> bool:

@@ -32,20 +32,25 @@ from tests.conftest import assert_close, random_weight, reference
     residual=st.booleans(),
     threads=st.sampled_from([1, 2]),
     natural=st.booleans(),
+    outer_kb=st.sampled_from([256, 0]),
     seed=st.integers(0, 1000),
 )
-def test_tiled_csr_matches_dense(rows, cols, n, density, k_tile, bias, act, residual, threads, natural, seed):
-    """Both CSR layouts: natural (X [N, in] -> Y [N, out], the default) and Y^T = W X^T."""
+def test_tiled_csr_matches_dense(rows, cols, n, density, k_tile, bias, act, residual, threads, natural, outer_kb,
+                                 seed):
+    """Both CSR layouts: natural (X [N, in] -> Y [N, out], the default; row blocks or, with
+    ``csr_tiles_outer_kb=0``, input tiles outermost) and Y^T = W X^T."""
     w = random_weight(rows, cols, density, seed)
     w[seed % rows] = 0  # always one empty row
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, cols, generator=g)
     b = torch.randn(rows, generator=g) if bias else None
     r = torch.randn(n, rows, generator=g) if residual else None
-    with knobs.scope(csr_k_tile=k_tile, csr_natural_kernel=natural):
+    with knobs.scope(csr_k_tile=k_tile, csr_natural_kernel=natural, csr_tiles_outer_kb=outer_kb):
         layer = SparseLinear("t", registry.get_format("csr"), w, b, act, residual, threads=threads)
+        spec = layer.kernels(n)[0].spec
     assert layer.k_tile == (0 if k_tile >= cols else k_tile)
-    assert layer.kernels(n)[0].spec.form == ("dot" if n == 1 else "natural" if natural else "scatter")
+    assert spec.form == ("dot" if n == 1 else "natural" if natural else "scatter")
+    assert spec.tiles_outer == (outer_kb == 0 and natural and n > 1 and layer.k_tile > 0)
     got = layer(x, r) if residual else layer(x)
     assert_close(got, reference(x, w, b, act, r))
 
@@ -89,6 +94,20 @@ def test_tiled_csr_bert_shape_and_empty_weight(n):
     empty = torch.zeros(33, 300)
     layer = SparseLinear("e", registry.get_format("csr"), empty, torch.ones(33), "gelu", False)
     assert_close(layer(x[:, :300]), reference(x[:, :300], empty, torch.ones(33), "gelu"))
+
+
+@pytest.mark.parametrize("n", [64, 70])
+def test_natural_csr_tiles_outer_at_bert_ffn_shape(n):
+    """768x3072 (the FFN's second Linear): a 768 KB X panel, 192 KB of sums, so input tiles go outermost by
+    default; with residual and the last tile narrower than the others (3000 columns)."""
+    w = random_weight(768, 3000, 0.1, 5)
+    g = torch.Generator().manual_seed(6)
+    x, b, r = torch.randn(n, 3000, generator=g), torch.randn(768, generator=g), torch.randn(n, 768, generator=g)
+    layer = SparseLinear("t", registry.get_format("csr"), w, b, "gelu", True, threads=2)
+    assert all(k.spec.tiles_outer for k in layer.kernels(n))
+    assert_close(layer(x, r), reference(x, w, b, "gelu", r))
+    wide = SparseLinear("t", registry.get_format("csr"), random_weight(3072, 768, 0.1, 7), None, None, False)
+    assert not wide.kernels(n)[0].spec.tiles_outer  # 768 KB of sums: row blocks stay outermost
 
 
 def test_tile_positions_split_each_row_at_tile_starts():
