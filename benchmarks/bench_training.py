@@ -6,18 +6,20 @@ One step is ``zero_grad`` + forward + backward + ``optimizer.step()`` (SGD, mome
 - ``bert``: one BERT-base encoder layer (transformers ``BertLayer`` from ``BertConfig()``, random weights,
   dropout probabilities 0: sparsec compiles eval-mode dropout) at seq 128, batch ``--bert-batch``,
 
-with every Linear weight pruned to 90% unstructured (magnitude), three ways:
+with every Linear weight pruned to 90% unstructured (magnitude), four ways:
 
 - ``compiled``: ``sparsec.sparse_compile(..., force_format="csr")``; its step includes the O(nnz) value
   refresh the next forward does after ``optimizer.step()``;
 - ``dense``: the same model eagerly with its (zero-filled) weights as ordinary dense tensors;
 - ``masked``: eager with ``weight * mask`` recomputed in every forward (torch parametrization), the way
-  masked sparse training (sparsec.prune, torch.ao.pruning) runs today.
+  masked sparse training (sparsec.prune, torch.ao.pruning) runs today;
+- ``pool``: ``compiled`` with knob ``omp_dispatch`` off: slab kernels on sparsec's own thread pool instead of
+  torch's libgomp threads (for comparison).
 
-Rounds interleave the three methods (each round times each once, in rotating order); figures are
+Rounds interleave the four methods (each round times each once, in rotating order); figures are
 medians. The refresh row times the O(nnz) refresh alone (gather at the stored positions and pattern
-check in one pass over W, gather into the transposed copy) and reports it as % of the compiled step; the re-pack row is one
-recompile after a mask change (RigL/SET update), for scale.
+check in one pass over W, gather into the transposed copy) and reports it as % of the compiled step;
+the re-pack row is one recompile after a mask change (RigL/SET update), for scale.
 
     python benchmarks/bench_training.py [--quick] [--threads 2] [--rounds 15] [--out benchmarks/RESULTS.md]
 
@@ -45,7 +47,7 @@ if str(ROOT) not in sys.path:
 SPARSITY = 0.9
 TARGETS = {"mlp": 2.0, "bert": 1.5}  # compiled step speedup over eager dense
 REFRESH_TARGET = 5.0  # % of a compiled step
-METHODS = ("compiled", "dense", "masked")
+METHODS = ("compiled", "dense", "masked", "pool")
 
 
 def prune_linears(model: nn.Module, sparsity: float) -> None:
@@ -121,6 +123,18 @@ def make_step(model: nn.Module, fn, x: torch.Tensor):
     return step
 
 
+def _pool_step(step):
+    """The compiled step with its slab kernels on sparsec's own thread pool instead of torch's OpenMP
+    threads (knob omp_dispatch off): what the libgomp dispatch (sparsec/targets/cpu/omp.py) saves."""
+    from sparsec import knobs
+
+    def run() -> None:
+        with knobs.scope(omp_dispatch=False):
+            step()
+
+    return run
+
+
 def refresh_cost(cm) -> float:
     """Seconds of one O(nnz) value refresh of every sparse layer (gather, pattern check, transposed copy)."""
     from sparsec.runtime import training
@@ -146,14 +160,15 @@ def run_model(name: str, rounds: int, bert_batch: int) -> dict:
                                 threads=torch.get_num_threads())
     formats = sorted({layer.format for layer in cm.report().layers})
     fns = {"compiled": cm, "dense": models["dense"], "masked": models["masked"]}
-    steps = {k: make_step(models[k], fns[k], x) for k in METHODS}
+    steps = {k: make_step(models[k], fns[k], x) for k in METHODS if k != "pool"}
+    steps["pool"] = _pool_step(steps["compiled"])
     for _ in range(2):  # warm-up: kernel compiles, slot maps, transposed copies, optimizer state
         for k in METHODS:
             steps[k]()
     times = {k: [] for k in METHODS}
     refresh = []
     for r in range(rounds):
-        order = METHODS[r % 3:] + METHODS[: r % 3]
+        order = METHODS[r % len(METHODS):] + METHODS[: r % len(METHODS)]
         for k in order:
             t = time.perf_counter()
             steps[k]()
@@ -185,8 +200,8 @@ def report(results: dict, load: tuple, threads: int, rounds: int, argv: str) -> 
         f"{' — figures under load, not final' if loaded else ''}.",
         "",
         "| model | input | compiled ms | eager dense ms | eager masked ms | vs dense | vs masked | refresh ms "
-        "| refresh % of step | re-pack ms | formats |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| refresh % of step | re-pack ms | formats | compiled, sparsec pool threads ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         m = r["median"]
@@ -194,7 +209,7 @@ def report(results: dict, load: tuple, threads: int, rounds: int, argv: str) -> 
             f"| {name} | {list(r['x'])} | {m['compiled'] * 1e3:.1f}{flag} | {m['dense'] * 1e3:.1f}{flag} | "
             f"{m['masked'] * 1e3:.1f}{flag} | {m['dense'] / m['compiled']:.2f}× | {m['masked'] / m['compiled']:.2f}× "
             f"| {r['refresh'] * 1e3:.2f} | {100 * r['refresh'] / m['compiled']:.1f}% | {r['repack'] * 1e3:.0f} | "
-            f"{', '.join(r['formats'])} |")
+            f"{', '.join(r['formats'])} | {_ms(m.get('pool'))}{flag} |")
     lines += ["", "| target | figure | met |", "|---|---|---|"]
     for name, r in results.items():
         m = r["median"]
@@ -205,6 +220,10 @@ def report(results: dict, load: tuple, threads: int, rounds: int, argv: str) -> 
         lines.append(f"| {name}: O(nnz) refresh < {REFRESH_TARGET:.0f}% of a step | {pct:.1f}%{flag} | "
                      f"{'met' if pct < REFRESH_TARGET else '**missed**'} |")
     return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
 
 
 def main(argv: list[str] | None = None) -> None:

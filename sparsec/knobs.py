@@ -64,6 +64,8 @@ _TABLE: tuple[Knob, ...] = (
     Knob("gather_chunk_elems", int, 1 << 18, None, "gather kernels: largest temporary, in elements"),
     Knob("poison_outputs", bool, False, None, "fill kernel output buffers with NaN first (tests: catch unwritten)"),
     Knob("parallel_min_work", int, 2_000_000, None, "CPU: below this work a call runs on one thread"),
+    Knob("omp_dispatch", bool, True, None,
+         "CPU: slabs run on torch's libgomp threads (its spinning workers), not on a second thread pool"),
     Knob("bsr_vector_kernel", bool, True, None,
          "CPU BSR layers run the hand-scheduled natural-layout kernel (False: the sparsifier's)"),
     Knob("csr_natural_kernel", bool, True, None,

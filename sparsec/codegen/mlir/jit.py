@@ -87,6 +87,11 @@ class CompiledKernel:
         refs = [ArgRef(d) for d in descriptors]
         self.call_refs(refs)
 
+    @property
+    def address(self) -> int:
+        """The address of the packed C interface ``void f(void **args)`` (threads.run_kernels calls it)."""
+        return ctypes.cast(self._fn, ctypes.c_void_p).value
+
     def call_refs(self, refs: list[ArgRef]) -> None:
         """Call with prepared argument references (the caller keeps them, and their buffers, alive)."""
         self._fn((ctypes.c_void_p * len(refs))(*[r.address for r in refs]))

@@ -19,7 +19,7 @@ from sparsec.codegen.mlir.emit_refresh import RefreshSpec
 from sparsec.codegen.mlir.emit_sddmm import SddmmSpec
 from sparsec.codegen.mlir.jit import ArgRef, compile_kernel, torch_descriptor
 from sparsec.formats.cost import parallel_work
-from sparsec.targets.cpu.threads import run_parallel
+from sparsec.targets.cpu.threads import run_kernels
 
 #: activations whose derivative the kernel reads off the layer's output
 FOLDED = ("relu", "tanh")
@@ -75,12 +75,12 @@ def sddmm(module, gt: torch.Tensor, xt: torch.Tensor, at: torch.Tensor | None, d
         if want_bias:
             args.append(ArgRef(torch_descriptor(db[r0:r1])))
         # the slices' descriptors hold raw pointers: keep the tensors alive until the kernel ran
-        tasks.append(lambda k=kern, a=args, keep=(xt, gt, at, dzt, db, dv): k.call_refs(a))
+        tasks.append((kern, args, (xt, gt, at, dzt, db, dv)))
     if len(tasks) > 1 and parallel_work(module.stored, n) < knobs.get("parallel_min_work"):
-        for t in tasks:
-            t()
+        for kern, args, _ in tasks:
+            kern.call_refs(args)
     else:
-        run_parallel(tasks)
+        run_kernels(tasks)
     return (dw if dense else values), dzt, db
 
 
@@ -103,10 +103,10 @@ def refresh(module, w: torch.Tensor) -> int:
         fixed = module._fixed_args[s]
         ws, c = w[r0:r1], counts[s]
         args = [fixed[0], fixed[1], ArgRef(torch_descriptor(ws)), fixed[2], ArgRef(torch_descriptor(c))]
-        tasks.append(lambda k=kern, a=args, keep=(ws, c): k.call_refs(a))
+        tasks.append((kern, args, (ws, c)))
     if len(tasks) > 1 and w.numel() < knobs.get("parallel_min_work"):  # the kernel reads all of W
-        for t in tasks:
-            t()
+        for kern, args, _ in tasks:
+            kern.call_refs(args)
     else:
-        run_parallel(tasks)
+        run_kernels(tasks)
     return int(counts.sum())

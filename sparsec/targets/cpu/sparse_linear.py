@@ -28,7 +28,7 @@ from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
 from sparsec.formats.cost import parallel_work
-from sparsec.targets.cpu.threads import run_parallel
+from sparsec.targets.cpu.threads import run_kernels
 
 #: torch dtype -> the kernels' element type (MLIR spelling); 16-bit kernels accumulate in f32
 KERNEL_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -309,12 +309,12 @@ class SparseLinear(torch.nn.Module):
             args.append(ArgRef(torch_descriptor(o)))
             offset += rows
             # keep the buffers alive until the kernel ran: the descriptors hold raw pointers
-            tasks.append(lambda k=kern, a=args, keep=(res, o, xt): k.call_refs(a))
+            tasks.append((kern, args, (res, o, xt)))
         if len(tasks) > 1 and parallel_work(self.stored, n) < knobs.get("parallel_min_work"):
-            for t in tasks:
-                t()
+            for kern, args, _ in tasks:
+                kern.call_refs(args)
         else:
-            run_parallel(tasks)
+            run_kernels(tasks)
         if total_rows != self.out_features:
             out = self._gather_rows(out)
         y = out.reshape(1, -1) if n == 1 else out.t()
@@ -350,12 +350,12 @@ class SparseLinear(torch.nn.Module):
             o = out[:, offset : offset + rows]
             args.append(ArgRef(torch_descriptor(o)))
             offset += rows
-            tasks.append(lambda k=kern, a=args, keep=(res, o, x2): k.call_refs(a))
+            tasks.append((kern, args, (res, o, x2)))
         if len(tasks) > 1 and parallel_work(self.stored, n) < knobs.get("parallel_min_work"):
-            for t in tasks:
-                t()
+            for kern, args, _ in tasks:
+                kern.call_refs(args)
         else:
-            run_parallel(tasks)
+            run_kernels(tasks)
         if total_rows != self.out_features:
             parts, offset = [], 0
             for packed, _, (r0, r1) in self.slabs:

@@ -37,6 +37,24 @@ def run_parallel(tasks: list) -> None:
             f.result()
 
 
+def run_kernels(calls: list[tuple]) -> None:
+    """Run ``(kernel, argument refs, buffers to keep alive)`` calls in parallel and return when all ran.
+
+    On torch's own OpenMP threads when the process has GNU libgomp (sparsec/targets/cpu/omp.py: its
+    workers spin for work after torch's ops, and would compete with a second pool for the cores), else
+    on the pool."""
+    if len(calls) == 1:
+        calls[0][0].call_refs(calls[0][1])
+        return
+    from sparsec import knobs
+    from sparsec.targets.cpu import omp
+
+    if knobs.get("omp_dispatch") and omp.available():
+        omp.run_calls([(c[0], c[1]) for c in calls], len(calls))
+        return
+    run_parallel([lambda k=c[0], a=c[1]: k.call_refs(a) for c in calls])
+
+
 def default_threads() -> int:
     """Threads to use when the user did not say: torch's setting, capped by the cores we may use."""
     import torch
