@@ -7,21 +7,20 @@ import torch
 from sparsec.compiler.compiled_model import CompiledModel
 from sparsec.compiler.options import CompileOptions
 from sparsec.errors import UnsupportedError
+from sparsec.targets import get_target
 
 
 def resolve_target(target: str) -> str:
     """'auto' means the GPU when one is present (and Triton is installed), else the CPU.
 
-    "gpu" without a CUDA GPU, or "gpu"/"interpret" without Triton, raise UnsupportedError.
+    A target that cannot run here ("gpu" without a CUDA GPU, "gpu"/"interpret" without Triton) raises
+    UnsupportedError saying why (``Target.unavailable``).
     """
-    from sparsec.codegen.triton import cuda_available, triton_available
-
     if target == "auto":
-        return "gpu" if cuda_available() and triton_available() else "cpu"
-    if target in ("gpu", "interpret") and not triton_available():
-        raise UnsupportedError(f"target={target!r} needs the triton package (pip install triton)")
-    if target == "gpu" and not cuda_available():
-        raise UnsupportedError("target='gpu' needs a CUDA GPU and none is visible; use target='cpu' or 'interpret'")
+        return "gpu" if get_target("gpu").unavailable() is None else "cpu"
+    why = get_target(target).unavailable()
+    if why is not None:
+        raise UnsupportedError(why)
     return target
 
 

@@ -48,6 +48,7 @@ from torch.utils import _pytree as pytree
 from sparsec.compiler import graph_io
 from sparsec.compiler.frozen import Frozen, SavedProgram, Seed
 from sparsec.errors import InputError, UnsupportedError
+from sparsec.runtime.module import SparseModule
 from sparsec.version import __version__
 
 log = logging.getLogger("sparsec")
@@ -98,8 +99,8 @@ def _kernel_files(cm) -> list[Path]:
     for variant in cm._variants:
         for layer in layers_of(variant.module):
             mod = layer.module
-            if mod is None or not hasattr(mod, "kernels") or hasattr(mod, "family"):
-                continue  # dense, or a Triton (GPU) layer whose kernels Triton caches itself
+            if not isinstance(mod, SparseModule):
+                continue  # dense (a Triton layer lists no kernels: Triton caches its own)
             kernels = list(mod.kernels(layer.n))
             for ks in getattr(mod, "_kernels", {}).values():
                 kernels.extend(ks if isinstance(ks, list | tuple) else [ks])
@@ -303,7 +304,7 @@ def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, 
             continue
         if frozen and getattr(mod, "train_refs", None) is not None:
             mod.train_refs = None  # frozen weights take no gradient
-        if hasattr(mod, "kernels"):
+        if isinstance(mod, SparseModule):
             mod.kernels(layer.n)  # the example's kernels: from the kernel cache, compiled when they do not fit
     return variant
 

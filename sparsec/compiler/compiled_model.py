@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 
@@ -28,10 +27,9 @@ from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.pipeline import PASSES, STAGES, build_report, layers_of, run_passes
 from sparsec.compiler.variant import Variant
 from sparsec.errors import CaptureError, InputError
-from sparsec.formats.cost import DEFAULT_MACHINE, GPU_MACHINE
 from sparsec.report.report import Report
 from sparsec.runtime import finite, training
-from sparsec.targets.cpu import calibrate
+from sparsec.targets import get_target
 from sparsec.targets.cpu.threads import default_threads
 
 log = logging.getLogger("sparsec")
@@ -147,16 +145,7 @@ class CompiledModel(torch.nn.Module):
             ctx.pinned_formats = seed.formats
         ctx.example_inputs = tuple(pytree.tree_leaves((args, kwargs)))
         threads = self.options.threads or default_threads()
-        if self.target == "cpu" and self.options.calibrate and seed is None:  # saved formats need no rates
-            ctx.machine = calibrate.machine(threads)
-            status = f"calibration at {threads} thread(s): {calibrate.describe(threads)}"
-        elif self.target == "cpu":
-            ctx.machine = dataclasses.replace(DEFAULT_MACHINE, threads=threads)
-            status = ("built-in rates: the saved model's formats are kept, so no rates are measured" if seed
-                      is not None else "built-in rates (calibrate=False)")
-        else:
-            ctx.machine = GPU_MACHINE
-            status = "the GPU cost model's built-in rates (uncalibrated; calibration measures the CPU only)"
+        ctx.machine, status = ctx.target.machine(threads, self.options.calibrate, seed is not None)
         ctx.stages["calibrate"] = stage_text.calibrate_stage_text(ctx, status)
         gm = run_passes(cap.module, ctx)
         # export's own input-constraint hook re-checks what _check_inputs and the graph's guard node
@@ -197,7 +186,7 @@ class CompiledModel(torch.nn.Module):
         """The user's model itself when the compiled graph would only replay it: every layer stayed dense
         and no channel was removed. Calling it skips the exported graph's per-op dispatch, guards and
         variant matching (~20 us per call on a tiny model); inputs and weights are still checked."""
-        if self.target != "cpu" or from_artifact or ctx.shrunk:
+        if not ctx.target.runs_source_when_dense or from_artifact or ctx.shrunk:
             return []
         if any(layer.format != "dense" for layer in layers_of(gm)):
             return []
@@ -392,7 +381,7 @@ class CompiledModel(torch.nn.Module):
         ``fx``, ``calibrate``, one per pass (the graph after it, annotated), ``lowered``, then the target's
         codegen stages: ``mlir``, ``llvm`` on the CPU; ``triton``, ``ttgir``, ``ptx`` on the GPU targets.
         """
-        return list(stage_text.stage_names([name for name, _ in PASSES], self.target))
+        return list(stage_text.stage_names([name for name, _ in PASSES], get_target(self.target)))
 
     def ir(self, stage: str) -> str:
         """The text of one stage of the example inputs' variant; ``stages()`` lists them in order.
@@ -406,7 +395,7 @@ class CompiledModel(torch.nn.Module):
             variant = self._primary
             stages = variant.ctx.stages
             if stage not in stages:  # codegen stages are built on first request (ptx compiles the kernels)
-                stages[stage] = stage_text.codegen_stage_text(variant.module, stage, self.target)
+                stages[stage] = stage_text.codegen_stage_text(variant.module, stage, variant.ctx.target)
             return stages[stage]
 
     def dump(self, directory: str) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 
 from sparsec.compiler.options import CompileOptions
 from sparsec.formats.cost import DEFAULT_MACHINE, Machine
+from sparsec.targets import Target, get_target
 
 
 @dataclass
@@ -16,7 +17,8 @@ class CompileContext:
 
     options: CompileOptions
     root: torch.nn.Module  # the user's model, whose parameters the graph reads
-    target: str = "cpu"
+    #: the backend the passes ask (sparsec/targets/); a name given here ("cpu", ...) is resolved to its Target
+    target: Target | str = "cpu"
     #: stage name -> text (sparsec/compiler/stages.py); the pipeline fills it, ``cm.ir(name)`` reads it
     stages: dict[str, str] = field(default_factory=dict)
     #: pass name -> what that pass did, one line per change (the top of its stage text); each pass writes its own
@@ -29,3 +31,7 @@ class CompileContext:
     pinned_formats: dict[str, str] = field(default_factory=dict)
     shrunk: bool = False  # set by shrink when it removed channels (the graph then differs from the model)
     example_inputs: tuple = ()  # the flattened example inputs (passes that run the graph once read them)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, str):
+            self.target = get_target(self.target)

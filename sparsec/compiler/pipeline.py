@@ -14,7 +14,7 @@ import torch
 from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
-from sparsec.compiler.stages import GPU_STAGES, fx_stage_text, layers_of, pass_stage_text, stage_names
+from sparsec.compiler.stages import fx_stage_text, layers_of, pass_stage_text, stage_names
 from sparsec.formats import registry
 from sparsec.formats.cost import DEFAULT_MACHINE
 from sparsec.passes import (
@@ -68,7 +68,7 @@ PASSES = [
 
 #: every stage name a compile can have, in pipeline order (a compile has the codegen stages of its target:
 #: ``cm.stages()``); sparsec/compiler/stages.py renders them
-STAGES = stage_names([name for name, _ in PASSES], "cpu") + GPU_STAGES
+STAGES = stage_names([name for name, _ in PASSES], None)
 
 
 def run_passes(gm: GraphModule, ctx: CompileContext) -> GraphModule:

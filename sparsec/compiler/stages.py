@@ -18,22 +18,28 @@ import sys
 from torch.fx import GraphModule
 
 from sparsec.compiler.context import CompileContext
-
-#: what the CPU target compiles each sparse layer's kernels through
-CPU_STAGES = ("mlir", "llvm")
-#: what the GPU targets ("gpu", "interpret") compile each sparse layer's kernels through (sm_90 on request)
-GPU_STAGES = ("triton", "ttgir", "ptx")
-CODEGEN_STAGES = CPU_STAGES + GPU_STAGES
+from sparsec.targets import TARGET_NAMES, Target, get_target
 
 
-def codegen_stages(target: str) -> tuple[str, ...]:
-    """The codegen stages a compile for ``target`` produces."""
-    return CPU_STAGES if target == "cpu" else GPU_STAGES
+def _producers() -> dict[str, list[str]]:
+    """Codegen stage -> the names of the targets that produce it, in TARGET_NAMES order."""
+    out: dict[str, list[str]] = {}
+    for name in TARGET_NAMES:
+        for stage in get_target(name).codegen_stages:
+            out.setdefault(stage, []).append(name)
+    return out
 
 
-def stage_names(pass_names: list[str] | tuple[str, ...], target: str) -> tuple[str, ...]:
-    """Every stage of a compile for ``target`` whose passes are ``pass_names``, in pipeline order."""
-    return ("fx", "calibrate", *pass_names, "lowered", *codegen_stages(target))
+#: every codegen stage of every target (``mlir``, ``llvm`` on the CPU; ``triton``, ``ttgir``, ``ptx`` on
+#: the GPU targets, compiled for sm_90 on request), in TARGET_NAMES order
+CODEGEN_STAGES = tuple(_producers())
+
+
+def stage_names(pass_names: list[str] | tuple[str, ...], target: Target | None) -> tuple[str, ...]:
+    """Every stage of a compile for ``target`` whose passes are ``pass_names``, in pipeline order (with
+    ``target=None``: every target's codegen stages)."""
+    codegen = CODEGEN_STAGES if target is None else target.codegen_stages
+    return ("fx", "calibrate", *pass_names, "lowered", *codegen)
 
 
 def layers_of(gm: GraphModule) -> list:
@@ -96,7 +102,7 @@ def fx_stage_text(gm: GraphModule) -> str:
 def calibrate_stage_text(ctx: CompileContext, status: str) -> str:
     """Where the cost model's rates came from (``status``), then the rates themselves."""
     rates = "\n".join(f"#   {k} = {v:g}" for k, v in ctx.machine.as_dict().items())
-    return f"# stage calibrate - the cost model's rates for target {ctx.target!r}\n# {status}\n{rates}"
+    return f"# stage calibrate - the cost model's rates for target {ctx.target.name!r}\n# {status}\n{rates}"
 
 
 def lowered_stage_text(gm: GraphModule, runtime_note: str | None = None) -> str:
@@ -107,64 +113,29 @@ def lowered_stage_text(gm: GraphModule, runtime_note: str | None = None) -> str:
     return head + gm.code.strip("\n").rstrip() + "\n"
 
 
-def codegen_stage_text(gm: GraphModule, stage: str, target: str) -> str:
-    """One codegen stage's text for a compiled graph; what is missing and why when it has none."""
-    if stage not in codegen_stages(target):
-        other = "'cpu'" if stage in CPU_STAGES else "'gpu' or 'interpret'"
-        return (f"// stage {stage}: produced by target {other}; this model targets {target!r}, whose kernels "
-                f"are in {', '.join(repr(s) for s in codegen_stages(target))}")
+def codegen_stage_text(gm: GraphModule, stage: str, target: Target) -> str:
+    """One codegen stage's text for a compiled graph (``target.codegen_text``); what is missing and why
+    when it has none."""
+    if stage not in target.codegen_stages:
+        other = " or ".join(repr(name) for name in _producers().get(stage, ()))
+        return (f"// stage {stage}: produced by target {other}; this model targets {target.name!r}, whose kernels "
+                f"are in {', '.join(repr(s) for s in target.codegen_stages)}")
     layers = layers_of(gm)
-    if stage in CPU_STAGES:
-        kernels = {}
-        for layer in layers:
-            if layer.module is not None and hasattr(layer.module, "kernels"):
-                for k in layer.module.kernels(layer.n):
-                    kernels[k.spec] = k
-        text = "\n".join(f"// kernel {k.spec.name}\n{getattr(k, stage)}" for k in kernels.values())
-    else:
-        text = gpu_stage_text(gm, stage)
+    text = target.codegen_text(layers, stage)
     if text:
         return text
     return f"// stage {stage}: no kernel was compiled - {_why_no_kernels(layers, target)}"
 
 
-def _why_no_kernels(layers: list, target: str) -> str:
+def _why_no_kernels(layers: list, target: Target) -> str:
     if not layers:
         return "the graph has no matmul-like node with a constant weight (see ir('analyze'))"
     lowered = [layer for layer in layers if layer.format != "dense"]
     if not lowered:
         return f"every one of the {len(layers)} layer(s) stayed dense (ir('select') says why for each)"
     kinds = sorted({type(layer.module).__name__ for layer in lowered})
-    backend = "MLIR" if target == "cpu" else "Triton"
-    return f"the {len(lowered)} sparse layer(s) run as {', '.join(kinds)}, which has no {backend} kernel"
-
-
-def gpu_stage_text(gm: GraphModule, stage: str, arch: int = 90) -> str:
-    """Triton source, or the ttgir / PTX compiled for ``sm_{arch}``, of every distinct GPU kernel."""
-    from sparsec.codegen import triton as tk
-
-    seen, parts = set(), []
-    for layer in layers_of(gm):
-        mod = layer.module
-        if mod is None or not hasattr(mod, "family"):
-            continue
-        if stage == "triton":
-            key = mod.family
-            text = tk.kernel_source(mod.family) if key not in seen else None
-        else:
-            variant = {"activation": mod.activation, "bias": mod.bias is not None, "residual": mod.has_residual}
-            if mod.family == "bsr":
-                variant["block"] = (mod.fmt.bh, mod.fmt.bw)
-            if mod.family == "nm":
-                variant["pattern"] = (mod.fmt.n, mod.fmt.m)
-            key = (mod.family, str(mod.dtype), tuple(sorted(variant.items())))
-            text = None
-            if key not in seen:
-                text = tk.compile_for_target(mod.family, arch=arch, dtype=mod.dtype, **variant)[stage]
-        if text is not None:
-            seen.add(key)
-            parts.append(f"// {layer.name}: {mod.family} kernel\n{text}")
-    return "\n".join(parts)
+    return (f"the {len(lowered)} sparse layer(s) run as {', '.join(kinds)}, which has no "
+            f"{target.kernel_language} kernel")
 
 
 def dump(directory: str, texts: list[tuple[str, str]]) -> list[str]:

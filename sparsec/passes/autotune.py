@@ -9,76 +9,36 @@ Layers are grouped by shape, row count and pattern summary (density, N:M, block 
 two ways: wall time at the compile's thread count, and CPU time on one thread. A sparse format replaces
 dense only if it wins both, the first by ``min_speedup``: under load torch's multi-threaded GEMM slows
 5-10x while the sparse kernels barely do, so wall time alone can crown a kernel that is slower on a
-quiet machine, whereas one thread's CPU time hardly moves with load. Decisions are cached on disk per
-machine and package versions; the report shows predicted and measured times side by side.
+quiet machine, whereas one thread's CPU time hardly moves with load. The candidates are the modules the
+compile's target runs (``ctx.target.time``: SparseLinear's MLIR kernels on the CPU, TritonLinear's Triton
+kernels on "gpu" and "interpret"), and decisions are cached on disk under that target's machine key
+(device, dtype, package versions); the report shows predicted and measured times side by side.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 
-import torch
 from torch.fx import GraphModule
 
 from sparsec import knobs
 from sparsec.compiler.context import CompileContext
-from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
 from sparsec.runtime.cache import cache_dir, cache_enabled, read_json, write_json
 from sparsec.runtime.progress import progress
-from sparsec.targets.cpu.calibrate import machine_key
-from sparsec.targets.cpu.sparse_linear import SparseLinear
 from sparsec.targets.cpu.threads import default_threads
 
 
-def _group_key(layer, threads: int) -> str:
+def _group_key(layer, threads: int, target) -> str:
+    """The cache key of a layer group's measurement: its pattern, and where it was measured
+    (``target``'s name and machine key, so the CPU, a GPU and the interpreter never share a decision)."""
     f = layer.facts
     pattern = (
         f.shape, layer.n, round(f.density, 2), tuple(sorted(f.nm.items())),
         tuple((b, round(v, 2)) for b, v in sorted(f.block_fill.items())), threads,
     )
-    return hashlib.sha1(f"v2|{pattern}|{machine_key(threads)}".encode()).hexdigest()[:20]
-
-
-def _sample(fn, clock, budget: float = 0.02) -> float:
-    """Lower quartile of ``fn``'s time by ``clock`` over ~budget seconds (at least 3 calls)."""
-    times, start = [], time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget and len(times) < 100):
-        t = clock()
-        fn()
-        times.append(clock() - t)
-    times.sort()
-    return times[len(times) // 4]
-
-
-def _measure(gm: GraphModule, layer, labels: list[str], threads: int) -> dict[str, dict[str, float]]:
-    """{"wall": label -> s at ``threads``, "cpu1": label -> CPU s on one thread}, rounds interleaved."""
-    w = effective_weight(gm, layer.m).detach().float()
-    x = torch.randn(layer.n, w.shape[1], generator=torch.Generator().manual_seed(0))
-    runs = {}
-    for label in labels:
-        if label == "dense":
-            runs[label] = (lambda: torch.nn.functional.linear(x, w),) * 2
-        else:
-            fmt = registry.get_format(label)
-            many = SparseLinear(layer.name, fmt, w, None, None, False, threads=threads)
-            one = SparseLinear(layer.name, fmt, w, None, None, False, threads=1)
-            runs[label] = (lambda m=many: m(x), lambda m=one: m(x))
-    wall = {k: float("inf") for k in labels}
-    cpu1 = dict(wall)
-    torch_threads = torch.get_num_threads()
-    for fn_many, _ in runs.values():
-        fn_many()  # JIT-compile and warm every candidate before any timing
-    for _ in range(knobs.get("autotune_rounds")):  # each: a wall-time and a 1-thread CPU-time sample set
-        for label, (fn_many, fn_one) in runs.items():
-            wall[label] = min(wall[label], _sample(fn_many, time.perf_counter))
-            torch.set_num_threads(1)
-            try:
-                cpu1[label] = min(cpu1[label], _sample(fn_one, time.thread_time))
-            finally:
-                torch.set_num_threads(torch_threads)
-    return {"wall": wall, "cpu1": cpu1}
+    where = f"{target.name}|{target.machine_key(threads, layer.dtype)}"
+    return hashlib.sha1(f"v3|{pattern}|{where}".encode()).hexdigest()[:20]
 
 
 def _decide(measured: dict, min_speedup: float, threads: int, thread_efficiency: float) -> tuple[str, str]:
@@ -108,13 +68,14 @@ def _wanted(layer, ctx: CompileContext) -> bool:
     mode = ctx.options.autotune
     if mode is True:
         return True
-    # the measurement times F.linear shapes with the CPU kernels: other kinds and targets keep predictions
-    return mode == "auto" and bool(layer.verify) and ctx.target == "cpu" and layer.m.kind == "linear"
+    # the measurement times F.linear shapes: other kinds keep predictions, as do targets whose rates are
+    # not calibrated (the GPU ones: their predictions are not marked by a poisoned calibration)
+    return mode == "auto" and bool(layer.verify) and ctx.target.tunes_marked_layers and layer.m.kind == "linear"
 
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Replace the cost model's choice by the measured fastest candidate, per layer group."""
-    threads = ctx.options.threads or default_threads()
+    threads = ctx.target.tune_threads(ctx.options.threads or default_threads())
     layers = [n.meta["sparsec"] for n in gm.graph.nodes if "sparsec" in n.meta and n.meta["sparsec"].costs]
     groups: dict[str, list] = {}
     lines = []
@@ -122,7 +83,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if layer.name in ctx.pinned_formats:
             continue  # a saved artifact's choice is kept as it was measured then
         if _wanted(layer, ctx):
-            groups.setdefault(_group_key(layer, threads), []).append(layer)
+            groups.setdefault(_group_key(layer, threads, ctx.target), []).append(layer)
         elif layer.verify and layer.format != "dense" and layer.facts.density >= knobs.get("dense_guard"):
             layer.reason = f"dense: {layer.verify}, but no measurement confirmed it (autotune={ctx.options.autotune})"
             layer.format = "dense"
@@ -136,7 +97,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if not _valid(measured):
             ranked = sorted(first.costs, key=first.costs.get)
             labels = list(dict.fromkeys(["dense", *ranked[:knobs.get("autotune_top_k")]]))
-            measured = _measure(gm, first, labels, threads)
+            weight = effective_weight(gm, first.m).detach()
+            measured = ctx.target.time(first, labels, weight, threads)
             if path:
                 write_json(path, measured)
             source = f"timed {', '.join(labels)}"
@@ -154,8 +116,9 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         lines.append(f"group of {len(members)} ({', '.join(x.name for x in members)}): {source} -> {best}: {why}")
     bar.close()
     if not groups:
+        where = "" if ctx.target.tunes_marked_layers else f", on the CPU target (this is {ctx.target.name!r})"
         lines.append(f"no layer timed (autotune={ctx.options.autotune!r}"
-                     + (": 'auto' times only layers select marked to verify, on the CPU)" if
+                     + (f": 'auto' times only layers select marked to verify{where})" if
                         ctx.options.autotune == "auto" else ")"))
     ctx.summaries["autotune"] = "\n".join(lines)
     return gm

@@ -1,7 +1,7 @@
 """gather: SDDMM ``S * (X @ B)`` and masked reductions ``(S * X).sum(dims)`` over a constant sparse S.
 
-Neither product has S as a matmul operand, so they get the COO gather kernels of
-sparsec.targets.cpu.sparse_gather instead of the SpMM kernel. Each site becomes one call_module with a
+Neither product has S as a matmul operand, so they get the target's gather kernels
+(``ctx.target.gather_module``: sparsec.targets.cpu.sparse_gather on the CPU) instead of the SpMM kernel. Each site becomes one call_module with a
 SparseLayer in ``node.meta["sparsec"]`` (format "coo", the facts of S), so the report lists it beside the
 matmul layers. The decision is a density threshold measured on the project machine (docs/models.md):
 the gathers move ~3 values per nonzero where dense code streams whole rows at full vector speed.
@@ -21,7 +21,6 @@ from sparsec.formats.facts import compute_facts
 from sparsec.passes.analyze import SparseLayer
 from sparsec.passes.lower import module_name
 from sparsec.passes.matmul_like import MatmulMatch, get_constant
-from sparsec.targets.cpu.sparse_gather import SparseMaskedSum, SparseSDDMM
 
 aten = torch.ops.aten
 #: S denser than this stays dense torch (measured break-even: docs/models.md)
@@ -85,7 +84,7 @@ def _site(gm: GraphModule, node: Node):
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Replace every SDDMM / masked-sum site over a sparse enough constant by its gather kernel."""
-    if ctx.target != "cpu":  # the gather modules hold CPU index buffers
+    if not ctx.target.gather_kinds:  # e.g. the GPU targets: no gather kernels
         return gm
     graph, lines, changed = gm.graph, [], False
     for node in list(graph.nodes):
@@ -93,6 +92,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if site is None:
             continue
         kind, s_node, tail, inputs, inner = site[:5]
+        if kind not in ctx.target.gather_kinds:
+            continue
         name = str(s_node.target)
         s = get_constant(gm, name).detach()
         facts = compute_facts(s)
@@ -101,11 +102,11 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
             lines.append(f"{tail.name}: {kind} over {name} stays dense (density {facts.density:.3f} > {limit})")
             continue
         if kind == "sddmm":
-            module = SparseSDDMM(name, s)
+            module = ctx.target.gather_module(kind, name, s)
             # K: multiply-adds per stored entry (a hint: int() on a symbolic size would specialize it)
             n = int(optimization_hint(_val(inputs[0]).shape[-1], fallback=1))
         else:
-            module = SparseMaskedSum(name, s, site[5], site[6])
+            module = ctx.target.gather_module(kind, name, s, site[5], site[6])
             n = 1  # rows of the batch: multiply-adds per stored entry
             for d in _val(inputs[0]).shape[:-2]:
                 n *= int(optimization_hint(d, fallback=1))

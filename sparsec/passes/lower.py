@@ -1,8 +1,9 @@
 """lower: replace each sparse fusion group by one runtime call, and compile its kernels for the example N.
 
 The group (matmul node, then its fused activation and residual add) becomes a ``call_module`` of a
-runtime module that owns the packed weight: SparseLinear and its siblings on the CPU (MLIR kernels),
-TritonLinear on the GPU or the Triton interpreter; every other node stays a torch op. The kernel specs of
+runtime module that owns the packed weight, built by the compile's target (``ctx.target.module``):
+SparseLinear and its siblings on the CPU (MLIR kernels), TritonLinear on the GPU or the Triton
+interpreter; every other node stays a torch op. The kernel specs of
 the example shapes are compiled here so the first call is not slow and ``ir("mlir")`` has text.
 """
 
@@ -13,10 +14,9 @@ from torch.fx import GraphModule
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
 from sparsec.passes.analyze import effective_weight
-from sparsec.passes.matmul_like import get_constant, runtime_module
+from sparsec.passes.matmul_like import get_constant
 from sparsec.runtime.progress import progress
 from sparsec.targets.cpu.threads import default_threads
-from sparsec.targets.gpu.triton_linear import TritonLinear
 
 
 def module_name(gm: GraphModule, layer_name: str) -> str:
@@ -30,7 +30,7 @@ def module_name(gm: GraphModule, layer_name: str) -> str:
 
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
-    """Rewrite every non-dense layer into a SparseLinear call."""
+    """Rewrite every non-dense layer into a call of its target's runtime module."""
     threads = ctx.options.threads or default_threads()
     graph, lines = gm.graph, []
     nodes = [node for node in graph.nodes if node.meta.get("sparsec") is not None]
@@ -45,12 +45,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         fmt = registry.get_format(layer.format)
         bias = get_constant(gm, m.bias) if m.bias is not None else None
         weight = effective_weight(gm, m)
-        if ctx.target == "cpu":  # SparseLinear, or the module of the match's kind (left, conv2d, diag)
-            module = runtime_module(m, layer.name, fmt, weight, bias, layer.activation, layer.residual is not None,
-                                    threads)
-        else:  # gpu, or the Triton interpreter on the CPU (select keeps non-Linear kinds dense there)
-            module = TritonLinear(layer.name, fmt, weight, bias, layer.activation, layer.residual is not None,
-                                  interpret=ctx.target == "interpret")
+        module = ctx.target.module(layer, fmt, weight, bias, threads)
         _link_parameters(gm, ctx, m, module)
         mod_name = module_name(gm, layer.name)
         gm.add_submodule(mod_name, module)
@@ -68,8 +63,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
                 graph.erase_node(wn)
         layer.module_name = mod_name
         layer.module = module
-        if hasattr(module, "kernels"):  # CPU modules: compile the example shape's kernels now
-            module.kernels(layer.n)
+        module.kernels(layer.n)  # compile the example shape's kernels now (MLIR; Triton compiles on call)
         lines.append(f"{node.name}: {layer.name} ({layer.format}) -> {mod_name} ({type(module).__name__})")
     ctx.summaries["lower"] = "\n".join(lines)
     graph.lint()
@@ -78,15 +72,13 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
 
 
 def _link_parameters(gm: GraphModule, ctx: CompileContext, m, module) -> None:
-    """Let a SparseLinear give gradients to the user's parameters when it computes with them unchanged.
+    """Let a runtime module give gradients to the user's parameters when it computes with them unchanged.
 
-    Only a plain linear whose weight (and bias) are the model's own Parameters qualifies: a folded,
-    shrunk or transposed weight has no parameter to give its gradient to (the model then raises on
-    backward, see CompiledModel)."""
-    from sparsec.targets.cpu.compact_linear import CompactLinear
-    from sparsec.targets.cpu.sparse_linear import SparseLinear
-
-    if type(module) not in (SparseLinear, CompactLinear) or m.kind != "linear" or m.transposed or ctx.root is None:
+    Only a module the target trains through (``ctx.target.trains_parameters``: a plain SparseLinear or CompactLinear) of a
+    plain linear whose weight (and bias) are the model's own Parameters qualifies: a folded, shrunk or
+    transposed weight has no parameter to give its gradient to (the model then raises on backward, see
+    CompiledModel)."""
+    if not ctx.target.trains_parameters(module) or m.kind != "linear" or m.transposed or ctx.root is None:
         return
     params = {id(p) for p in ctx.root.parameters()}
     weight = get_constant(gm, m.weight)

@@ -298,26 +298,6 @@ def example_rows(m: MatmulMatch) -> int:
     return max(rows_of(m.kind, [optimization_hint(s, fallback=1) for s in val.shape]), 1)
 
 
-def runtime_module(m: MatmulMatch, name: str, fmt, weight: torch.Tensor, bias: torch.Tensor | None,
-                   activation: str | None, has_residual: bool, threads: int) -> torch.nn.Module:
-    """The runtime module that computes the fused group of ``m`` (its class depends on the kind)."""
-    from sparsec.targets.cpu.sparse_conv import SparseConv2d
-    from sparsec.targets.cpu.sparse_left import SparseLeft
-    from sparsec.targets.cpu.sparse_linear import SparseLinear
-    from sparsec.targets.cpu.sparse_rows import BucketedSparseLinear
-
-    common = (name, fmt, weight, bias, activation, has_residual, threads)
-    if fmt.cpu_module is not None:  # a format with kernels of its own (accepts_layer admitted this kind)
-        return fmt.cpu_module(*common)
-    if m.kind == "conv2d":
-        return SparseConv2d(*common, **m.params)
-    if m.kind in ("left", "diag"):
-        return SparseLeft(*common)
-    if m.params.get("bucket_rows"):
-        return BucketedSparseLinear(*common)
-    return SparseLinear(*common)
-
-
 def get_constant(gm: GraphModule, name: str) -> torch.Tensor:
     """The parameter or buffer ``name`` of the graph module."""
     obj = gm

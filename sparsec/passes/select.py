@@ -11,14 +11,11 @@ and any layer whose best sparse prediction lies within knob ``close_band`` of de
 
 from __future__ import annotations
 
-import torch
 from torch.fx import GraphModule
 
 from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
-from sparsec.formats.cost import lowp_default_machine
-from sparsec.targets.gpu.triton_linear import gpu_family
 
 _DENSE = "dense"
 
@@ -30,44 +27,21 @@ def _candidates(ctx: CompileContext):
             yield fmt
 
 
-_LOWP = (torch.bfloat16, torch.float16)
-
-
-def _cpu_machine(layer, ctx: CompileContext):
-    """The rates a CPU layer is priced with: a 16-bit layer's come from its own calibration (torch's
-    bf16/fp16 GEMM and the 16-bit CSR kernels, measured), or the built-in 16-bit rates without one.
-    Formats without 16-bit kernels (BSR, N:M, COO run f32 kernels between casts) keep the fp32 rates of
-    their kernel family; the casts are not priced."""
-    if layer.dtype not in _LOWP:
-        return ctx.machine
-    if ctx.options.calibrate and not ctx.pinned_formats:
-        from sparsec.targets.cpu import calibrate
-
-        return calibrate.machine(ctx.machine.threads, layer.dtype)
-    return lowp_default_machine(layer.dtype, ctx.machine.threads)
-
-
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     """Choose a format for every analyzed layer."""
-    machine = ctx.machine
     lines = []
     for node in gm.graph.nodes:
         layer = node.meta.get("sparsec")
         if layer is None:
             continue
         facts = layer.facts
-        if ctx.target == "cpu" and layer.dtype not in (torch.float32, *_LOWP):
-            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype} (the CPU kernels take fp32/bf16/fp16)"
-        elif ctx.target == "cpu" and layer.dtype in _LOWP and layer.m.kind != "linear":
-            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype}: 16-bit CPU kernels run Linear-shaped weights only"
-        elif ctx.target != "cpu" and layer.m.kind != "linear":
-            layer.format, layer.reason = _DENSE, f"the GPU path runs Linear-shaped weights only (this is {layer.m.kind})"
-        elif layer.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            layer.format, layer.reason = _DENSE, f"dtype {layer.dtype} (the GPU kernels take fp32/fp16/bf16)"
+        refused = ctx.target.rejects_layer(layer)  # the target's rule: dtypes and kinds it has no kernel for
+        if refused is not None:
+            layer.format, layer.reason = _DENSE, refused
         elif facts.numel < ctx.options.min_weight_numel:
             layer.format, layer.reason = _DENSE, f"small weight ({facts.numel} < {ctx.options.min_weight_numel} entries)"
         else:
-            _choose(layer, ctx, _cpu_machine(layer, ctx) if ctx.target == "cpu" else machine)
+            _choose(layer, ctx, ctx.target.layer_machine(layer, ctx))
         _pin(layer, ctx)
         layer.verify = _needs_measurement(layer, ctx)
         lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
@@ -87,9 +61,9 @@ def _pin(layer, ctx: CompileContext) -> None:
 def _choose(layer, ctx: CompileContext, machine) -> None:
     facts, n = layer.facts, layer.n
     for fmt in _candidates(ctx):
-        why_not = fmt.accepts_layer(layer.dtype, layer.m.kind, ctx.target) or fmt.accepts(facts)
-        if why_not is None and ctx.target != "cpu" and fmt.label != _DENSE and gpu_family(fmt) is None:
-            why_not = "no Triton kernel for this format"
+        why_not = fmt.accepts_layer(layer.dtype, layer.m.kind, ctx.target.name) or fmt.accepts(facts)
+        if why_not is None and fmt.label != _DENSE:
+            why_not = ctx.target.rejects(layer, fmt)  # e.g. no Triton kernel reads this level map
         if why_not is not None:
             layer.rejected[fmt.label] = why_not
             continue

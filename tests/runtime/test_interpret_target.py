@@ -6,8 +6,14 @@ import pytest
 import torch
 
 import sparsec
+from sparsec import knobs
+from sparsec.compiler.stages import layers_of
 from sparsec.models import MLP
+from sparsec.passes import autotune
 from sparsec.prune import BlockPruner, MagnitudePruner, NMPruner
+from sparsec.targets import get_target
+from sparsec.targets.cpu.sparse_linear import SparseLinear
+from sparsec.targets.gpu.triton_linear import TritonLinear
 from tests.conftest import assert_close
 
 
@@ -57,3 +63,33 @@ def test_user_formats_without_gpu_kernels_stay_dense():
 def test_gpu_target_without_gpu_is_a_clear_error():
     with pytest.raises(sparsec.UnsupportedError, match="CUDA GPU"):
         sparsec.sparse_compile(_model("csr"), (torch.randn(4, 64),), target="gpu")
+
+
+def test_autotune_on_interpret_times_the_triton_kernels(tmp_path, monkeypatch):
+    """autotune on target="interpret" times TritonLinear (the kernels that target runs), never the CPU's
+    SparseLinear, and caches its decisions under the interpreter's machine key, not the CPU's."""
+    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path))
+    timed = []
+    real_forward = TritonLinear.forward
+
+    def spy(self, x, residual=None):
+        timed.append((type(self).__name__, self.layer_name))
+        return real_forward(self, x, residual)
+
+    monkeypatch.setattr(TritonLinear, "forward", spy)
+    monkeypatch.setattr(SparseLinear, "forward", lambda *a, **k: pytest.fail("autotune timed a CPU SparseLinear"))
+    model, x = _model("csr"), torch.randn(8, 64)
+    with knobs.scope(autotune_rounds=1):
+        cm = sparsec.sparse_compile(model, (x,), target="interpret", autotune=True, formats=("csr",),
+                                    min_weight_numel=0)
+    layers = layers_of(cm.graph_module)
+    assert {name for _, name in timed} == {layer.name for layer in layers}  # every layer group was timed
+    assert {cls for cls, _ in timed} == {"TritonLinear"}
+    for layer in layers:
+        assert set(layer.measured) == {"dense", "csr"} and layer.reason.startswith("autotuned"), layer.reason
+        ours = tmp_path / f"autotune-{autotune._group_key(layer, 1, get_target('interpret'))}.json"
+        cpu = tmp_path / f"autotune-{autotune._group_key(layer, 1, get_target('cpu'))}.json"
+        assert ours.exists() and not cpu.exists()
+    assert get_target("interpret").machine_key(1) != get_target("cpu").machine_key(1)
+    timed.clear()
+    assert_close(cm(x), model(x))

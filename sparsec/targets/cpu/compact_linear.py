@@ -23,6 +23,7 @@ from sparsec.errors import InputError
 from sparsec.formats.base import SparseFormat, aligned_copy
 from sparsec.formats.bitmap import Packed16, value_dtype
 from sparsec.formats.cost import parallel_work
+from sparsec.runtime.module import SparseModule
 from sparsec.targets.cpu.threads import run_parallel
 
 #: slab rows are multiples of this (every rows_per_step divides it)
@@ -41,7 +42,7 @@ def chunks(n: int) -> list[tuple[int, int]]:
     return [(s, min(ROWS_PER_CALL, n - s)) for s in range(0, n, ROWS_PER_CALL)]
 
 
-class CompactLinear(torch.nn.Module):
+class CompactLinear(SparseModule):
     """``act(x @ W^T + bias) + residual`` with a bf16/fp16 W in a bitmap (or compact 2:4) format.
 
     Computes in the weight's dtype: 16-bit values, f32 accumulation, one rounding at the store."""

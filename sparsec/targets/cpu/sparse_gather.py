@@ -17,9 +17,10 @@ import torch
 
 from sparsec import knobs
 from sparsec.errors import InputError
+from sparsec.runtime.module import SparseModule
 
 
-class _SparseConst(torch.nn.Module):
+class _SparseConst(SparseModule):
     """Holds S as COO (int64 rows/cols, float values) and reports its size like SparseLinear does."""
 
     def __init__(self, name: str, s: torch.Tensor) -> None:

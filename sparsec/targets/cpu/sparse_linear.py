@@ -28,6 +28,7 @@ from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
 from sparsec.formats.cost import parallel_work
+from sparsec.runtime.module import SparseModule
 from sparsec.targets.cpu.threads import run_kernels
 
 #: torch dtype -> the kernels' element type (MLIR spelling); 16-bit kernels accumulate in f32
@@ -49,7 +50,7 @@ def supports_16bit(fmt: SparseFormat) -> bool:
     return fmt.cpu_module is not None or emit_rowvec.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2))
 
 
-class SparseLinear(torch.nn.Module):
+class SparseLinear(SparseModule):
     """``act(x @ W^T + bias) + residual`` with W in a sparse format, run by MLIR-compiled kernels.
 
     The layer computes in the weight's dtype (float32, bfloat16 or float16): a 16-bit layer stores

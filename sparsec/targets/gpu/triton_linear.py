@@ -12,17 +12,35 @@ import torch
 
 from sparsec.errors import InputError, UnsupportedError
 from sparsec.formats.base import SparseFormat
-
-#: Triton kernel family of each built-in format name
-FAMILIES = {"csr": "csr", "bsr": "bsr", "nm": "nm"}
+from sparsec.runtime.module import SparseModule
 
 
-def gpu_family(fmt: SparseFormat) -> str | None:
-    """The Triton kernel family that runs ``fmt``, or None (no GPU kernel: COO, user formats)."""
-    return FAMILIES.get(fmt.name)
+def triton_kernel(fmt: SparseFormat) -> tuple[str, tuple[int, int]] | None:
+    """The Triton kernel family that runs ``fmt`` and its parameters, read off the format's level map
+    (its capability, not its name), or None when no Triton kernel stores weights that way (COO, CSC, ...):
+
+    - ``(i : dense, j : compressed)`` -> ``("csr", ())``;
+    - ``(i floordiv bh : dense, j floordiv bw : compressed, i mod bh : dense, j mod bw : dense)`` ->
+      ``("bsr", (bh, bw))``;
+    - ``(i : dense, j floordiv m : dense, j mod m : structured[n, m])`` -> ``("nm", (n, m))``.
+    """
+    if fmt.level_map is None or fmt.cpu_module is not None:
+        return None  # dense; or a format packing buffers of its own (bitmap), not the level map's
+    sig = tuple((lv.dim, lv.op, lv.k if lv.op else 0, lv.kind, lv.props) for lv in fmt.lmap.levels)
+    if sig == ((0, None, 0, "dense", ""), (1, None, 0, "compressed", "")):
+        return "csr", ()
+    bh, bw = fmt.lmap.block
+    if sig == ((0, "floordiv", bh, "dense", ""), (1, "floordiv", bw, "compressed", ""),
+               (0, "mod", bh, "dense", ""), (1, "mod", bw, "dense", "")):
+        return "bsr", (bh, bw)
+    last = fmt.lmap.levels[-1]
+    if len(sig) == 3 and last.kind == "structured" and sig == (
+            (0, None, 0, "dense", ""), (1, "floordiv", last.m, "dense", ""), (1, "mod", last.m, "structured", "")):
+        return "nm", (last.n, last.m)
+    return None
 
 
-class TritonLinear(torch.nn.Module):
+class TritonLinear(SparseModule):
     """``act(x @ W^T + bias) + residual`` with W in CSR, BSR or N:M, run by a Triton kernel."""
 
     def __init__(
@@ -36,10 +54,12 @@ class TritonLinear(torch.nn.Module):
         interpret: bool,
     ) -> None:
         super().__init__()
-        family = gpu_family(fmt)
-        if family is None:
+        kernel = triton_kernel(fmt)
+        if kernel is None:
             raise UnsupportedError(f"{name}: format {fmt.label!r} has no Triton kernel (GPU formats: csr, bsr, nm)")
-        self.layer_name, self.fmt, self.family = name, fmt, family
+        self.layer_name, self.fmt = name, fmt
+        #: the kernel family and its parameters: () for csr, the block (bh, bw) for bsr, (n, m) for nm
+        self.family, self.params = kernel
         self.out_features, self.in_features = weight.shape
         self.activation, self.has_residual, self.interpret = activation, has_residual, interpret
         self.device, self.dtype = weight.device, weight.dtype
@@ -59,14 +79,14 @@ class TritonLinear(torch.nn.Module):
             self.indices = self._t(bufs["crd1"], torch.int32)
             self.values = self._t(bufs["values"])
         elif self.family == "bsr":
-            bh, bw = self.fmt.bh, self.fmt.bw
+            bh, bw = self.params
             block_rows = -(-out_f // bh)
             self.indptr = self._t(bufs["pos1"][: block_rows + 1], torch.int32)
             nblocks = int(bufs["pos1"][block_rows])
             self.indices = self._t(bufs["crd1"][:nblocks], torch.int32)
             self.values = self._t(bufs["values"].reshape(-1, bh, bw)[:nblocks])
         else:
-            n, m = self.fmt.n, self.fmt.m
+            n, m = self.params
             kept = -(-in_f // m) * n
             crd = [k for k in bufs if k.startswith("crd")][0]
             self.indices = self._t(bufs[crd].reshape(out_f, -1)[:, :kept], torch.uint8)
@@ -86,9 +106,18 @@ class TritonLinear(torch.nn.Module):
         if self.family == "csr":
             return tk.csr_linear(x, self.indptr, self.indices, self.values, self.out_features, **common)
         if self.family == "bsr":
-            return tk.bsr_linear(x, self.indptr, self.indices, self.values, (self.fmt.bh, self.fmt.bw),
+            return tk.bsr_linear(x, self.indptr, self.indices, self.values, self.params,
                                  self.out_features, **common)
-        return tk.nm_linear(x, self.values, self.indices, self.fmt.n, self.fmt.m, self.in_features, **common)
+        return tk.nm_linear(x, self.values, self.indices, *self.params, self.in_features, **common)
+
+    def variant(self) -> dict:
+        """This layer's kernel variant (the ``compile_for_target`` keywords besides family and dtype)."""
+        variant = {"activation": self.activation, "bias": self.bias is not None, "residual": self.has_residual}
+        if self.family == "bsr":
+            variant["block"] = self.params
+        if self.family == "nm":
+            variant["pattern"] = self.params
+        return variant
 
     def extra_repr(self) -> str:
         return (f"{self.layer_name}: {self.in_features}->{self.out_features} format={self.fmt.label} "

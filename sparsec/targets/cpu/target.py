@@ -1,0 +1,124 @@
+"""The CPU target: MLIR-compiled kernels (sparsec/codegen/mlir) run by the modules of this folder.
+
+Everything the compiler asks of the CPU backend is answered here: the calibrated cost model, which
+layers it keeps dense, which runtime module computes each operand kind (SparseLinear and its siblings),
+the gather kernels, what autotune times, and the ``mlir`` / ``llvm`` stage texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from sparsec.formats.base import SparseFormat
+from sparsec.formats.cost import DEFAULT_MACHINE, Machine, lowp_default_machine
+from sparsec.runtime.module import SparseModule
+from sparsec.targets.base import Target
+from sparsec.targets.cpu import calibrate
+
+#: 16-bit dtypes the CPU kernels take besides float32
+LOWP = (torch.bfloat16, torch.float16)
+
+
+class CpuTarget(Target):
+    """``target="cpu"``: MLIR sparse_tensor kernels JIT-compiled for this CPU, called through ctypes."""
+
+    name = "cpu"
+    codegen_stages = ("mlir", "llvm")
+    kernel_language = "MLIR"
+    tunes_marked_layers = True
+    gather_kinds = ("sddmm", "sum")
+    runs_source_when_dense = True
+
+    def machine(self, threads: int, calibrate_on: bool, pinned: bool) -> tuple[Machine, str]:
+        """The calibrated rates of this CPU at ``threads`` (cached on disk), or the built-in ones."""
+        if calibrate_on and not pinned:  # saved formats need no rates
+            return calibrate.machine(threads), f"calibration at {threads} thread(s): {calibrate.describe(threads)}"
+        status = ("built-in rates: the saved model's formats are kept, so no rates are measured" if pinned
+                  else "built-in rates (calibrate=False)")
+        return dataclasses.replace(DEFAULT_MACHINE, threads=threads), status
+
+    def layer_machine(self, layer, ctx) -> Machine:
+        """A 16-bit layer's rates come from its own calibration (torch's bf16/fp16 GEMM and the 16-bit
+        CSR kernels, measured), or the built-in 16-bit rates without one. Formats without 16-bit kernels
+        (BSR, N:M, COO run f32 kernels between casts) keep the fp32 rates of their kernel family; the
+        casts are not priced."""
+        if layer.dtype not in LOWP:
+            return ctx.machine
+        if ctx.options.calibrate and not ctx.pinned_formats:
+            return calibrate.machine(ctx.machine.threads, layer.dtype)
+        return lowp_default_machine(layer.dtype, ctx.machine.threads)
+
+    def machine_key(self, threads: int, dtype: torch.dtype = torch.float32) -> str:
+        """The calibration's key: CPU, cores, threads, package versions (and a 16-bit dtype)."""
+        return calibrate.machine_key(threads, dtype)
+
+    def rejects_layer(self, layer) -> str | None:
+        """Dtypes without CPU kernels; 16-bit weights of kinds other than Linear."""
+        if layer.dtype not in (torch.float32, *LOWP):
+            return f"dtype {layer.dtype} (the CPU kernels take fp32/bf16/fp16)"
+        if layer.dtype in LOWP and layer.m.kind != "linear":
+            return f"dtype {layer.dtype}: 16-bit CPU kernels run Linear-shaped weights only"
+        return None
+
+    def module(self, layer, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
+               threads: int) -> SparseModule:
+        """The format's own module (``fmt.cpu_module``, e.g. CompactLinear), else SparseLinear or the module
+        of the match's kind (left operand, diag scaling, conv2d, bucketed rows)."""
+        from sparsec.targets.cpu.sparse_conv import SparseConv2d
+        from sparsec.targets.cpu.sparse_left import SparseLeft
+        from sparsec.targets.cpu.sparse_linear import SparseLinear
+        from sparsec.targets.cpu.sparse_rows import BucketedSparseLinear
+
+        m = layer.m
+        common = (layer.name, fmt, weight, bias, layer.activation, layer.residual is not None, threads)
+        if fmt.cpu_module is not None:  # a format with kernels of its own (accepts_layer admitted this kind)
+            return fmt.cpu_module(*common)
+        if m.kind == "conv2d":
+            return SparseConv2d(*common, **m.params)
+        if m.kind in ("left", "diag"):
+            return SparseLeft(*common)
+        if m.params.get("bucket_rows"):
+            return BucketedSparseLinear(*common)
+        return SparseLinear(*common)
+
+    def linear_module(self, name: str, fmt: SparseFormat, weight: torch.Tensor, threads: int) -> SparseModule:
+        """A plain SparseLinear, or the format's own module (what autotune times)."""
+        from sparsec.targets.cpu.sparse_linear import SparseLinear
+
+        cls = fmt.cpu_module or SparseLinear
+        return cls(name, fmt, weight, None, None, False, threads)
+
+    def trains_parameters(self, module: SparseModule) -> bool:
+        """Whether ``module`` can give gradients to the model's own weight and bias (a plain SparseLinear
+        or CompactLinear)."""
+        from sparsec.targets.cpu.compact_linear import CompactLinear
+        from sparsec.targets.cpu.sparse_linear import SparseLinear
+
+        return type(module) in (SparseLinear, CompactLinear)
+
+    def gather_module(self, kind: str, name: str, s: torch.Tensor, *args) -> SparseModule:
+        """SparseSDDMM (``kind="sddmm"``) or SparseMaskedSum (``"sum"``, args: dims, keepdim)."""
+        from sparsec.targets.cpu.sparse_gather import SparseMaskedSum, SparseSDDMM
+
+        if kind == "sddmm":
+            return SparseSDDMM(name, s)
+        if kind == "sum":
+            return SparseMaskedSum(name, s, *args)
+        return super().gather_module(kind, name, s, *args)
+
+    def time(self, layer, labels: list[str], weight: torch.Tensor, threads: int) -> dict[str, dict[str, float]]:
+        """Times in the layer's dtype when it is 16-bit (the compiled layer runs in it: torch's bf16/fp16
+        GEMM for dense, the 16-bit or cast f32 kernels, a format's own module), else in float32."""
+        weight = weight.detach()
+        return super().time(layer, labels, weight if weight.dtype in LOWP else weight.float(), threads)
+
+    def codegen_text(self, layers: list, stage: str) -> str:
+        """The MLIR (``mlir``) or LLVM IR (``llvm``) of every distinct kernel the layers run."""
+        kernels = {}
+        for layer in layers:
+            if isinstance(layer.module, SparseModule):
+                for k in layer.module.kernels(layer.n):
+                    kernels[k.spec] = k
+        return "\n".join(f"// kernel {k.spec.name}\n{getattr(k, stage)}" for k in kernels.values())
