@@ -60,9 +60,9 @@ class SparseFormat:
     level_map: str | None = None
     #: the kernel family's rate in the cost model (a Machine attribute name)
     rate_name: str = "sparse_flops"
-    #: the runtime module class of this format's Linear layers on the CPU, for a format that brings its own
-    #: kernels (constructed like SparseLinear); None: SparseLinear, with kernels from the level map
-    cpu_module: type | None = None
+    #: the kernel family of a format that brings its own kernels and buffers (``"bitmap"``: the CPU target
+    #: runs it as CompactLinear, sparsec/targets/cpu/target.py); None: kernels from the level map
+    own_kernels: str | None = None
 
     @property
     def label(self) -> str:

@@ -17,8 +17,8 @@ values per group of four (explicit zeros where a group holds fewer) and the grou
 values sit at fixed offsets; 2-bit indices would take the same 4 bits per group.
 
 Both formats hold bf16/fp16 weights of Linear layers on x86 CPUs and bring their own runtime module
-(``cpu_module``: sparsec.targets.cpu.compact_linear.CompactLinear, kernels in
-sparsec/codegen/mlir/emit_bitmap.py); the selector prices them with their calibrated streaming rates.
+(``own_kernels = "bitmap"``: the CPU target runs them as sparsec.targets.cpu.compact_linear.CompactLinear,
+kernels in sparsec/codegen/mlir/emit_bitmap.py); the selector prices them with their calibrated streaming rates.
 """
 
 from __future__ import annotations
@@ -78,12 +78,8 @@ class Bitmap(SparseFormat):
     rate_fields = ("bitmap_bw", "bitmap_bw8")
     fixed = False
 
-    @property
-    def cpu_module(self):
-        """The runtime module of this format's Linear layers on the CPU."""
-        from sparsec.targets.cpu.compact_linear import CompactLinear
-
-        return CompactLinear
+    #: its kernel family: the CPU target's CompactLinear (sparsec/targets/cpu/target.py)
+    own_kernels = "bitmap"
 
     def accepts_layer(self, dtype: torch.dtype, kind: str, target: str) -> str | None:
         """Only bf16/fp16 Linear layers on an x86 CPU with SSSE3/F16C/AVX2."""

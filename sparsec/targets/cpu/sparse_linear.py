@@ -47,7 +47,7 @@ def kernel_dtype(dtype: torch.dtype, fmt: SparseFormat) -> str:
 
 def supports_16bit(fmt: SparseFormat) -> bool:
     """Whether ``fmt`` has bf16/fp16 CPU kernels (the hand CSR kernel, or a format's own module)."""
-    return fmt.cpu_module is not None or emit_rowvec.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2))
+    return fmt.own_kernels is not None or emit_rowvec.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2))
 
 
 class SparseLinear(SparseModule):

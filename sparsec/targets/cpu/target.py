@@ -64,7 +64,7 @@ class CpuTarget(Target):
 
     def module(self, layer, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
                threads: int) -> SparseModule:
-        """The format's own module (``fmt.cpu_module``, e.g. CompactLinear), else SparseLinear or the module
+        """The module of the format's own kernels (``fmt.own_kernels``: CompactLinear for "bitmap"), else SparseLinear or the module
         of the match's kind (left operand, diag scaling, conv2d, bucketed rows)."""
         from sparsec.targets.cpu.sparse_conv import SparseConv2d
         from sparsec.targets.cpu.sparse_left import SparseLeft
@@ -73,8 +73,8 @@ class CpuTarget(Target):
 
         m = layer.m
         common = (layer.name, fmt, weight, bias, layer.activation, layer.residual is not None, threads)
-        if fmt.cpu_module is not None:  # a format with kernels of its own (accepts_layer admitted this kind)
-            return fmt.cpu_module(*common)
+        if fmt.own_kernels is not None:  # a format with kernels of its own (accepts_layer admitted this kind)
+            return self._own_module(fmt)(*common)
         if m.kind == "conv2d":
             return SparseConv2d(*common, **m.params)
         if m.kind in ("left", "diag"):
@@ -87,8 +87,18 @@ class CpuTarget(Target):
         """A plain SparseLinear, or the format's own module (what autotune times)."""
         from sparsec.targets.cpu.sparse_linear import SparseLinear
 
-        cls = fmt.cpu_module or SparseLinear
+        cls = SparseLinear if fmt.own_kernels is None else self._own_module(fmt)
         return cls(name, fmt, weight, None, None, False, threads)
+
+    def _own_module(self, fmt: SparseFormat) -> type[SparseModule]:
+        """The runtime module class of a format that brings its own kernels (``fmt.own_kernels``)."""
+        from sparsec.targets.cpu.compact_linear import CompactLinear
+
+        families = {"bitmap": CompactLinear}
+        if fmt.own_kernels not in families:
+            raise NotImplementedError(f"format {fmt.label!r}: the CPU target has no {fmt.own_kernels!r} kernels "
+                                      f"(known: {', '.join(families)})")
+        return families[fmt.own_kernels]
 
     def trains_parameters(self, module: SparseModule) -> bool:
         """Whether ``module`` can give gradients to the model's own weight and bias (a plain SparseLinear

@@ -24,7 +24,7 @@ def triton_kernel(fmt: SparseFormat) -> tuple[str, tuple[int, int]] | None:
       ``("bsr", (bh, bw))``;
     - ``(i : dense, j floordiv m : dense, j mod m : structured[n, m])`` -> ``("nm", (n, m))``.
     """
-    if fmt.level_map is None or fmt.cpu_module is not None:
+    if fmt.level_map is None or fmt.own_kernels is not None:
         return None  # dense; or a format packing buffers of its own (bitmap), not the level map's
     sig = tuple((lv.dim, lv.op, lv.k if lv.op else 0, lv.kind, lv.props) for lv in fmt.lmap.levels)
     if sig == ((0, None, 0, "dense", ""), (1, None, 0, "compressed", "")):
