@@ -96,6 +96,17 @@ class CompiledKernel:
         """Call with prepared argument references (the caller keeps them, and their buffers, alive)."""
         self._fn((ctypes.c_void_p * len(refs))(*[r.address for r in refs]))
 
+    def bound(self, refs: list[ArgRef]):
+        """A zero-argument call of this kernel on ``refs`` (their pointer array built once; the caller may
+        re-point the descriptors between calls, and keeps their buffers alive while a call runs)."""
+        array = (ctypes.c_void_p * len(refs))(*[r.address for r in refs])
+        fn = self._fn
+
+        def call(keep=refs) -> None:
+            fn(array)
+
+        return call
+
 
 _CACHE: dict[KernelSpec, CompiledKernel] = {}
 _LOCK = threading.Lock()

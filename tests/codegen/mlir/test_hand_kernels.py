@@ -186,3 +186,54 @@ def test_slabs_balance_nonzeros_on_row_quanta():
 def layer_bias(layer: SparseLinear) -> torch.Tensor:
     """The bias a layer packed, gathered back from its slabs."""
     return torch.cat([b[: r1 - r0] for _, b, (r0, r1) in layer.slabs])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    rows=st.integers(1, 200),
+    cols=st.integers(1, 150),
+    n=st.sampled_from([2, 9, 64, 67]),
+    residual=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    fmt=st.sampled_from(["csr", "bsr8x8"]),
+    seed=st.integers(0, 1000),
+)
+def test_prepared_natural_calls_follow_each_calls_tensors(rows, cols, n, residual, threads, fmt, seed):
+    """The prepared descriptors of a layer (``_Plan``) are re-pointed per call: new inputs, row-strided views
+    of X and of the residual, then the general path while another call holds the plan (and always for a
+    BSR weight whose blocks pad rows or columns)."""
+    w = random_weight(rows, cols, 0.2, seed)
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(rows, generator=g)
+    layer = SparseLinear("t", registry.get_format(fmt), w, b, "relu", residual, threads=threads)
+    for k in range(4):
+        wide = torch.randn(n, 2 * cols + 1, generator=g)
+        x = wide[:, 1 : cols + 1] if k == 1 else wide[:, :cols].contiguous()
+        r = torch.randn(n, rows + 3, generator=g)[:, 3:] if k == 2 else torch.randn(n, rows, generator=g)
+        want = reference(x, w, b, "relu", r if residual else None)
+        if k == 3:  # a concurrent call holds the plan: this one builds its own descriptors
+            assert layer._plan_lock.acquire(blocking=False)
+        try:
+            got = layer(x, r) if residual else layer(x)
+        finally:
+            if k == 3:
+                layer._plan_lock.release()
+        assert_close(got, want)
+    assert (layer._plans[n] is not None) == (fmt == "csr")
+
+
+def test_prepared_natural_calls_from_threads_and_after_pickling():
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    w = random_weight(300, 200, 0.1, 1)
+    layer = SparseLinear("t", registry.get_format("csr"), w, None, None, False, threads=2)
+    xs = [torch.randn(64, 200) for _ in range(16)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(layer, xs))
+    for x, y in zip(xs, outs, strict=True):
+        assert_close(y, reference(x, w))
+    assert 64 in layer._plans
+    again = pickle.loads(pickle.dumps(layer))
+    assert not again._plans
+    assert_close(again(xs[0]), reference(xs[0], w))
