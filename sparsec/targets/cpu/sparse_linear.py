@@ -369,7 +369,7 @@ class SparseLinear(SparseModule):
             for call in plan.calls:
                 call()
         else:
-            run_parallel(plan.calls)
+            run_kernels(plan.tasks)
         return out
 
     def _run_natural_args(self, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -443,6 +443,7 @@ class _Plan:
     residuals: list  # per slab: its residual columns' descriptor, or None
     starts: list[int]  # per slab: its first output column
     calls: list  # per slab: a zero-argument call of its kernel on the prepared arguments
+    tasks: list  # per slab: (kernel, argument refs, None) for ``run_kernels``
     serial: bool  # the work is below knob parallel_min_work: run the slabs on this thread
 
     @staticmethod
@@ -454,7 +455,7 @@ class _Plan:
         kernels = layer.kernels(n)
         x = make_descriptor(0, (n, layer.in_features), (layer.in_features, 1))
         x_ref = ArgRef(x)
-        outs, residuals, starts, calls = [], [], [], []
+        outs, residuals, starts, calls, tasks = [], [], [], [], []
         for s, ((_, _, (r0, r1)), kern) in enumerate(zip(layer.slabs, kernels, strict=True)):
             args = [*layer._fixed_args[s], *layer._tile_args[s : s + 1], x_ref]
             if layer._bias_args[s] is not None:
@@ -466,11 +467,12 @@ class _Plan:
             out = make_descriptor(0, (n, r1 - r0), (layer.out_features, 1))
             args.append(ArgRef(out))
             calls.append(kern.bound(args))
+            tasks.append((kern, args, None))
             outs.append(out)
             residuals.append(res)
             starts.append(r0)
         serial = parallel_work(layer.stored, n) < knobs.get("parallel_min_work")
-        return _Plan(True, x, outs, residuals, starts, calls, serial)
+        return _Plan(True, x, outs, residuals, starts, calls, tasks, serial)
 
     @staticmethod
     def point(desc, ptr: int, row_stride: int) -> None:
