@@ -7,10 +7,11 @@ reads one bit per weight plus the packed values: 1/8 + 2 d bytes per weight (1.1
 offsets (no running count).
 
 The kernel walks the input dimension in steps of 8 weights. For each step and row it loads the row's mask
-byte, a 16-byte ``pshufb`` control for that byte from a 4 KB table (the table is built once, see
-``shuffle_table``), and 16 bytes of packed values at the row's running byte offset; ``pshufb`` spreads the
-mask's values to their 8 positions (zeros elsewhere), they are widened to f32 (bf16 by a shift, fp16 by
-F16C) and multiplied with 8 f32 lanes of X by one FMA; the offset advances by 2 bytes per set bit
+byte, that byte's ``pshufb`` control from a table built once (``shuffle_table``), and 16 bytes of packed
+values at the row's running byte offset; ``pshufb`` spreads the mask's values to their 8 positions (zeros
+elsewhere) and they meet 8 f32 lanes of X in one FMA. For bf16 a 256-bit pshufb (32-byte controls, 8 KB)
+drops each value into the high half of a 32-bit lane, which is its f32 value: no widening op; fp16 takes a
+128-bit pshufb (16-byte controls, 4 KB) and F16C's vcvtph2ps. The offset advances by 2 bytes per set bit
 (``popcount``; a constant 8 bytes for 2:4). ``rows_per_step`` rows share each X load. After the walk each
 accumulator is reduced, the epilogue (bias, activation, residual) applied in f32, and the result rounded
 to the 16-bit dtype once. X comes as f32 [N, cols] (the runtime widens it once per call), Y is [N, rows]
@@ -37,6 +38,7 @@ from sparsec.codegen.spec import ACTIVATIONS
 STEP = 8
 _PIPELINE = "builtin.module(convert-scf-to-cf, convert-vector-to-llvm, convert-to-llvm, reconcile-unrealized-casts)"
 _PSHUFB = "llvm.x86.ssse3.pshuf.b.128"
+_PSHUFB256 = "llvm.x86.avx2.pshuf.b"
 
 
 @lru_cache(maxsize=1)
@@ -55,17 +57,28 @@ def available() -> bool:
     return False
 
 
-def shuffle_table() -> np.ndarray:
-    """The 256 x 16-byte pshufb controls: for mask byte ``m``, 16-bit lane ``k`` takes packed value
-    ``popcount(m & (2**k - 1))`` when bit ``k`` is set, else zero (control byte 0x80)."""
-    lut = np.full((256, 16), 0x80, dtype=np.uint8)
+def shuffle_table(dtype: str = "f16") -> np.ndarray:
+    """The pshufb controls, one entry per mask byte ``m``; lane ``k`` takes packed value
+    ``popcount(m & (2**k - 1))`` when bit ``k`` is set, else zero (control byte 0x80).
+
+    ``f16``: 16 bytes per entry, 8 16-bit lanes (widened by F16C after the shuffle). ``bf16``: 32 bytes
+    per entry for a 256-bit pshufb of the 16 value bytes repeated in both halves, which puts each value
+    in the high half of a 32-bit lane: the result *is* the f32 widening (a bf16 is an f32's top 16 bits)."""
+    width = 32 if dtype == "bf16" else 16
+    lut = np.full((256, width), 0x80, dtype=np.uint8)
     for m in range(256):
         r = 0
         for k in range(8):
             if m >> k & 1:
-                lut[m, 2 * k], lut[m, 2 * k + 1] = 2 * r, 2 * r + 1
+                at = 4 * k + 2 if dtype == "bf16" else 2 * k  # byte of lane k's value (bf16: the f32's high half)
+                lut[m, at], lut[m, at + 1] = 2 * r, 2 * r + 1
                 r += 1
     return lut.reshape(-1)
+
+
+def table_bytes(dtype: str) -> int:
+    """Size of ``shuffle_table(dtype)``."""
+    return 256 * (32 if dtype == "bf16" else 16)
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ def kernel_args(spec: BitmapSpec) -> list[str]:
     args = ["%mask: memref<?xi8>"]
     if not spec.fixed:
         args.append("%vstart: memref<?xi32>")
-    args += ["%vals: memref<?xi8>", "%lut: memref<4096xi8>", f"%x: memref<{spec.n}x{spec.cols}xf32>"]
+    args += ["%vals: memref<?xi8>", f"%lut: memref<{table_bytes(spec.dtype)}xi8>", f"%x: memref<{spec.n}x{spec.cols}xf32>"]
     if spec.bias:
         args.append(f"%bias: memref<{spec.rows}xf32>")
     if spec.residual:
@@ -137,16 +150,17 @@ def emit_bitmap_kernel(spec: BitmapSpec) -> str:
     vt = "vector<8xf32>"
     lines = [
         f"llvm.func @{_PSHUFB}(vector<16xi8>, vector<16xi8>) -> vector<16xi8>",
+        f"llvm.func @{_PSHUFB256}(vector<32xi8>, vector<32xi8>) -> vector<32xi8>",
         f"func.func @{spec.name}({', '.join(kernel_args(spec))}) attributes {{ llvm.emit_c_interface }} {{",
         "  %c0 = arith.constant 0 : index",
         "  %c1 = arith.constant 1 : index",
         "  %c8 = arith.constant 8 : index",
         "  %c16 = arith.constant 16 : index",
+        "  %c32 = arith.constant 32 : index",
         f"  %groups = arith.constant {groups} : index",
         f"  %rows = arith.constant {spec.rows} : index",
         f"  %rps = arith.constant {rps} : index",
         f"  %zv = arith.constant dense<0.0> : {vt}",
-        "  %s16 = arith.constant dense<16> : vector<8xi32>",
         "  scf.for %rb = %c0 to %rows step %rps {",
     ]
     for r in range(rps):
@@ -174,12 +188,9 @@ def emit_bitmap_kernel(spec: BitmapSpec) -> str:
             f"      %m{r} = memref.load %mask[%mi{r}] : memref<?xi8>",
             f"      %mw{r} = arith.extui %m{r} : i8 to i32",
             f"      %mx{r} = arith.index_cast %mw{r} : i32 to index",
-            f"      %lo{r} = arith.muli %mx{r}, %c16 : index",
-            f"      %ctl{r} = vector.load %lut[%lo{r}] : memref<4096xi8>, vector<16xi8>",
             f"      %vb{r} = vector.load %vals[{offs[r]}] : memref<?xi8>, vector<16xi8>",
-            f"      %sh{r} = llvm.call @{_PSHUFB}(%vb{r}, %ctl{r}) : (vector<16xi8>, vector<16xi8>) -> vector<16xi8>",
         ]
-        lines += ["      " + ln for ln in _widen(spec, f"%w{r}", f"%sh{r}")]
+        lines += ["      " + ln for ln in _expand(spec, r, offs[r])]
         if spec.fixed:
             lines.append(f"      %nf{r} = arith.addi {offs[r]}, %c8 : index")
         else:
@@ -200,15 +211,21 @@ def emit_bitmap_kernel(spec: BitmapSpec) -> str:
     return head + "module {\n" + "\n".join(lines) + "\n}\n"
 
 
-def _widen(spec: BitmapSpec, name: str, src: str) -> list[str]:
-    """8 16-bit lanes (as 16 bytes) to vector<8xf32>."""
-    if spec.dtype == "f16":
-        return [f"{name}_h = vector.bitcast {src} : vector<16xi8> to vector<8xf16>",
-                f"{name} = arith.extf {name}_h : vector<8xf16> to vector<8xf32>"]
-    return [f"{name}_h = vector.bitcast {src} : vector<16xi8> to vector<8xi16>",
-            f"{name}_e = arith.extui {name}_h : vector<8xi16> to vector<8xi32>",
-            f"{name}_u = arith.shli {name}_e, %s16 : vector<8xi32>",
-            f"{name} = arith.bitcast {name}_u : vector<8xi32> to vector<8xf32>"]
+def _expand(spec: BitmapSpec, r: int, off: str) -> list[str]:
+    """Row r's 8 weights as ``%w{r}`` (vector<8xf32>) from its mask byte ``%mx{r}`` and value bytes ``%vb{r}``."""
+    if spec.dtype == "f16":  # 128-bit pshufb to 8 f16 lanes, then F16C
+        return [f"%lo{r} = arith.muli %mx{r}, %c16 : index",
+                f"%ctl{r} = vector.load %lut[%lo{r}] : memref<4096xi8>, vector<16xi8>",
+                f"%sh{r} = llvm.call @{_PSHUFB}(%vb{r}, %ctl{r}) : (vector<16xi8>, vector<16xi8>) -> vector<16xi8>",
+                f"%w{r}_h = vector.bitcast %sh{r} : vector<16xi8> to vector<8xf16>",
+                f"%w{r} = arith.extf %w{r}_h : vector<8xf16> to vector<8xf32>"]
+    # bf16: 256-bit pshufb of the value bytes in both halves puts each value in an f32's high half
+    both = ", ".join(str(i) for i in [*range(16), *range(16)])
+    return [f"%lo{r} = arith.muli %mx{r}, %c32 : index",
+            f"%ctl{r} = vector.load %lut[%lo{r}] : memref<8192xi8>, vector<32xi8>",
+            f"%vd{r} = vector.shuffle %vb{r}, %vb{r} [{both}] : vector<16xi8>, vector<16xi8>",
+            f"%sh{r} = llvm.call @{_PSHUFB256}(%vd{r}, %ctl{r}) : (vector<32xi8>, vector<32xi8>) -> vector<32xi8>",
+            f"%w{r} = vector.bitcast %sh{r} : vector<32xi8> to vector<8xf32>"]
 
 
 def _epilogue(spec: BitmapSpec, r: int, j: int, q: int, ot: str) -> list[str]:

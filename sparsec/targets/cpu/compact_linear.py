@@ -62,7 +62,7 @@ class CompactLinear(SparseModule):
         self.slabs = self._pack(weight.detach(), bias, max(1, threads))
         self.stored = sum(p.stored for p, _, _ in self.slabs)
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
-        self._lut = aligned_copy(emit_bitmap.shuffle_table())
+        self._lut = aligned_copy(emit_bitmap.shuffle_table(self.kernel_dtype))
         #: the user's (weight, bias) parameters, set by lower: a call that needs their gradients raises
         self.train_refs: tuple | None = None
         self._bind()
