@@ -206,9 +206,9 @@ class NM24Compact(Bitmap):
         if (nz.sum(axis=2) > 2).any():
             raise FormatError(f"format {self.label!r}: a group of 4 inputs holds more than 2 nonzeros")
         keep = nz.copy()
-        for _ in range(2):  # fill up to two positions per group with explicit zeros, first free slot first
-            short = keep.sum(axis=2) < 2
-            free = ~keep & short[..., None]
-            first = free & (np.cumsum(free, axis=2) == 1)
-            keep |= first
+        need = 2 - nz.sum(axis=2, dtype=np.int8)  # explicit zeros each group stores, in its first free slots
+        for k in range(4):
+            add = ~keep[..., k] & (need > 0)
+            keep[..., k] |= add
+            need -= add
         return keep.reshape(rows, cols)

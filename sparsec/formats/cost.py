@@ -64,6 +64,8 @@ def dense_time(out_f: int, in_f: int, n: int, m: Machine = DEFAULT_MACHINE) -> f
     """Predicted seconds of torch's dense F.linear."""
     flops = 2.0 * n * out_f * in_f
     bytes_ = 4.0 * (out_f * in_f + n * (out_f + in_f))
+    if n == 1:  # torch's GEMV, whose measured rate (dense_gemv_bw) includes its compute: bf16's GEMM rate
+        return bytes_ / m.dense_gemv_bw + m.torch_overhead  # (6 GFLOP/s) does not apply to it (12 measured)
     return max(flops / m.dense_flops, bytes_ / (m.dense_gemv_bw if n <= 4 else m.bandwidth)) + m.torch_overhead
 
 
@@ -97,9 +99,15 @@ GPU_MACHINE = Machine(
 #: 2-core machine (AVX2 + F16C, no AVX512-BF16), 2 threads, load 1.4-1.8 (loaded: rough). Torch's
 #: bf16 GEMM ran at 6 GFLOP/s there (fp32: 34): without AVX512-BF16 it converts. Bandwidths are
 #: fp32-equivalent (4 bytes per element), so the 16-bit bytes saved are in the rate.
+#: The GEMV rates are of a weight larger than the L3 (decode-sized; calibrate's probe is 4096 x 4096): the
+#: quiet benchmark's bf16 Llama-MLP GEMVs ran at 12 GB/s of bf16 bytes (24e9 fp32-equivalent). The bitmap /
+#: compact 2:4 rates (packed bytes/s) come from 1-thread CPU-time ratios to torch's GEMV under load (~2x at 50%
+#: on 4096 x 11008): rough; ``calibrate`` measures them.
 LOWP_RATES: dict[str, dict[str, float]] = {
-    "torch.bfloat16": {"dense_flops": 6e9, "dense_gemv_bw": 32e9, "sparse_flops": 26e9, "sparse_dot_flops": 2.1e9},
-    "torch.float16": {"dense_flops": 8.7e9, "dense_gemv_bw": 47e9, "sparse_flops": 25e9, "sparse_dot_flops": 2.7e9},
+    "torch.bfloat16": {"dense_flops": 6e9, "dense_gemv_bw": 24e9, "sparse_flops": 26e9, "sparse_dot_flops": 2.1e9,
+                       "bitmap_bw": 12e9, "bitmap_bw8": 4e9, "nm24c_bw": 14e9, "nm24c_bw8": 4e9},
+    "torch.float16": {"dense_flops": 8.7e9, "dense_gemv_bw": 20e9, "sparse_flops": 25e9, "sparse_dot_flops": 2.7e9,
+                      "bitmap_bw": 12e9, "bitmap_bw8": 3e9, "nm24c_bw": 12e9, "nm24c_bw8": 3e9},
 }
 
 

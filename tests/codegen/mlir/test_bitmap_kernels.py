@@ -154,3 +154,44 @@ def test_16bit_model_compiles_to_the_compact_formats(dtype):
         assert_close_lowp(got, want, dtype)
         with pytest.raises(NotImplementedError, match="no_grad"):
             compiled(x)  # the parameters require grad: these kernels have no backward
+
+
+def _half_dense_bf16(rows: int = 1024, cols: int = 1024):
+    lin = torch.nn.Linear(cols, rows, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(random_weight(rows, cols, 0.5, 7))
+    return torch.nn.Sequential(lin).to(torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("bitmap_bw,want", [(30e9, "bitmap"), (2e9, "dense")])
+def test_selector_prices_the_bitmap_from_the_calibrated_rates(monkeypatch, bitmap_bw, want):
+    """A 50% bf16 weight at N = 1 takes the bitmap when its calibrated rate makes it faster, dense otherwise
+    (torch's GEMV at 24e9 fp32-equivalent B/s: 2 B per weight against the bitmap's 1.125)."""
+    import dataclasses
+
+    from sparsec.formats.cost import lowp_default_machine
+    from sparsec.targets.cpu import calibrate
+
+    fake = dataclasses.replace(lowp_default_machine(torch.bfloat16, 2), dense_gemv_bw=24e9, bitmap_bw=bitmap_bw)
+    monkeypatch.setattr(calibrate, "machine", lambda threads, dtype=torch.float32: dataclasses.replace(fake, threads=threads))
+    model = _half_dense_bf16()
+    x = torch.randn(1, 1024).to(torch.bfloat16)
+    compiled = sparse_compile(model, (x,), calibrate=True, autotune=False, threads=2)
+    (layer,) = compiled.report().layers
+    assert layer.format == want, layer
+    # the crossover: the bitmap's predicted time against dense's, from the same rates
+    fmt = registry.get_format("bitmap")
+    facts = compute_facts(model[0].weight)
+    from sparsec.formats.cost import dense_time
+    assert (fmt.cost(facts, 1, fake) < dense_time(1024, 1024, 1, fake)) == (want == "bitmap")
+
+
+def test_bitmap_cost_grows_with_density_and_n():
+    from sparsec.formats.cost import lowp_default_machine
+
+    m = lowp_default_machine(torch.bfloat16, 2)
+    fmt = registry.get_format("bitmap")
+    costs = [fmt.cost(compute_facts(random_weight(512, 512, d, 0)), 1, m) for d in (0.3, 0.5, 0.7)]
+    assert costs == sorted(costs)
+    f = compute_facts(random_weight(512, 512, 0.5, 0))
+    assert fmt.cost(f, 1, m) < fmt.cost(f, 8, m) < fmt.cost(f, 9, m)
