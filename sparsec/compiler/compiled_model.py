@@ -362,6 +362,15 @@ class CompiledModel(torch.nn.Module):
             model = copy.deepcopy(self._model[0], memo)
             return from_bytes(artifact.to_bytes(self), model=model)
 
+    def train(self, mode: bool = True) -> CompiledModel:
+        """Set this module's mode and the source model's: the compiled graph has eval semantics, so in train
+        mode a model with train-dependent layers (Dropout, BatchNorm, a branch on ``self.training``) raises
+        on the next call, as when the source model itself is put in train mode, instead of silently running
+        eval semantics. A model without such layers trains as before (``eval()`` is ``train(False)``)."""
+        super().train(mode)
+        self._model[0].train(mode)
+        return self
+
     def state_dict(self, *args, **kwargs):
         """The weights the model computes from: the source model's state dict (dense, unpacked)."""
         return self._model[0].state_dict(*args, **kwargs)

@@ -33,10 +33,15 @@ class SavedProgram:
 
     def __init__(self, source: Path | bytes | None, dynamic: bool) -> None:
         self.source, self.dynamic, self._program = source, dynamic, None
+        # a graph-cache entry (saved without its program) bound to the user's module captures it again
+        # when the program is needed (saving, pickling, deepcopy): () -> ExportedProgram
+        self.recapture = None
 
     @property
     def program(self) -> torch.export.ExportedProgram:
         """The exported program (loaded now if it was not yet)."""
+        if self._program is None and self.source is None and self.recapture is not None:
+            self._program = self.recapture()
         if self._program is None:
             if self.source is None:
                 raise UnsupportedError("this compiled model was restored without its captured program "

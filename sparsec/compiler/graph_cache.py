@@ -241,10 +241,22 @@ def lookup(cm, model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: bool 
         shutil.rmtree(entry, ignore_errors=True)
         STATS["misses"] += 1
         return None, k
+    _recapture_on_demand(variant, model, args, kwargs, dynamic)
     os.utime(entry / "manifest.json")  # recently used: evicted last
     STATS["hits"] += 1
     log.info("sparsec: graph cache hit (%s)", k)
     return variant, None
+
+
+def _recapture_on_demand(variant, model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: bool | None) -> None:
+    """An entry holds no captured program (it is bound to the user's module): saving, pickling or deepcopying
+    the hit needs one, so it is captured from the module then, as the missed compile would have."""
+    from sparsec.compiler.capture import capture
+    from sparsec.compiler.frozen import SavedProgram
+
+    cap = variant.captured
+    if isinstance(cap, SavedProgram) and cap.source is None:
+        cap.recapture = lambda: capture(model, args, kwargs, dynamic=bool(dynamic)).program
 
 
 def _restore(entry: Path, cm, model: torch.nn.Module):

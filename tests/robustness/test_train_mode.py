@@ -72,3 +72,27 @@ def test_train_mode_model_without_train_behaviour_compiles():
     assert model.training and torch.equal(state, torch.random.get_rng_state())
     with torch.no_grad():
         assert_close(cm(x), model(x))
+
+
+@pytest.mark.parametrize("cls", [FunctionalDropout, TrainBranch])
+def test_compiled_model_train_reaches_the_source_model(cls):
+    """cm.train() must not run eval semantics silently either: it puts the source model in train mode, so
+    the next call raises as above; cm.eval() makes it callable again."""
+    model, x = cls().eval(), torch.randn(4, 32)
+    cm = sparsec.sparse_compile(model, (x,), **OPTS)
+    assert cm.train() is cm and model.training
+    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
+        cm(x)
+    cm.eval()
+    assert not model.training
+    assert_close(cm(x), model(x))
+
+
+def test_compiled_model_train_without_train_behaviour_runs():
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(random_weight(32, 32, 0.1, 2))
+    x = torch.randn(4, 32)
+    cm = sparsec.sparse_compile(model, (x,), **OPTS).train()
+    assert model.training
+    assert_close(cm(x), model(x))

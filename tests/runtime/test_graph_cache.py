@@ -56,6 +56,20 @@ def test_second_compile_is_a_hit_and_equal(cache):
         torch.testing.assert_close(_out(hit(*inputs)), _out(twin(*inputs)), rtol=1e-4, atol=1e-4)
 
 
+def test_a_hit_pickles_and_deepcopies(cache):
+    """An entry holds no captured program; pickling / deepcopying the hit captures it from the module."""
+    import pickle
+
+    model, inputs = zoo.bert(hidden=64, layers=1, heads=2, inter=256, seq=16)
+    sparsec.sparse_compile(model, inputs, **OPTS)
+    before = _stats()
+    hit = sparsec.sparse_compile(copy.deepcopy(model), inputs, **OPTS)
+    assert _delta(before)["hits"] == 1
+    for twin in (pickle.loads(pickle.dumps(hit)), copy.deepcopy(hit)):
+        with torch.no_grad():
+            torch.testing.assert_close(_out(twin(*inputs)), _out(hit(*inputs)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("change", ["one weight", "input shape", "option", "knob", "attribute"])
 def test_what_invalidates_an_entry(change, cache):
     model, inputs = zoo.cnn(width=16)
