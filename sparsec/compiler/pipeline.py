@@ -1,7 +1,7 @@
 """The pipeline: the ordered passes, in one list, each leaving its stage text behind; the report.
 
 capture (torch.export, stage ``fx``) -> fold_constants -> cleanup -> fold_bn -> shrink -> analyze -> rows -> select ->
-conv_select -> autotune -> fuse -> lower -> gather (one stage per pass: the graph after it, annotated with
+autotune -> fuse -> lower -> gather (one stage per pass: the graph after it, annotated with
 each layer's facts, format and fusion) -> ``lowered`` (the code calls run) -> the target's codegen stages
 (``mlir``/``llvm`` on the CPU, ``triton``/``ttgir``/``ptx`` on the GPU targets). ``cm.stages()`` lists a
 compile's stages in this order, ``cm.ir(name)`` returns one (sparsec/compiler/stages.py renders them); the
@@ -21,7 +21,6 @@ from sparsec.passes import (
     analyze,
     autotune,
     cleanup,
-    conv_select,
     fold_bn,
     fold_constants,
     fuse,
@@ -51,10 +50,9 @@ PASSES = [
     # real N of layers whose N is data-dependent (MoE routing), bucketed kernels for them; needs analyze's
     # layers and ctx.example_inputs (it runs the graph once)
     ("rows", rows.run),
-    # pick a format per layer; needs the facts from analyze
+    # pick a format per layer, priced per operand kind (a conv2d's dense option is torch's conv2d, about 2x
+    # a GEMM's rate: sparsec/passes/operand_kinds.py); needs the facts from analyze
     ("select", select.run),
-    # a conv2d layer's dense option is torch's conv2d (about 2x a GEMM's rate), not a GEMM; needs select's costs
-    ("conv_select", conv_select.run),
     # (autotune=True) time the leading candidates on the real weights; needs select's costs
     ("autotune", autotune.run),
     # attach activation / residual to each sparse layer; needs the chosen formats (dense layers are left alone)

@@ -25,12 +25,12 @@ from torch.fx import GraphModule, Node
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from sparsec import knobs
+from sparsec.passes.operand_kinds import kind as operand_kind
 
 aten = torch.ops.aten
 _TRANSPOSES = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default}
 _UNSQUEEZES = {aten.unsqueeze.default, aten.view.default, aten.reshape.default}
 #: a row-scaling vector with more nonzeros than this fraction stays an element-wise torch multiply
-KINDS = ("linear", "left", "conv2d", "diag")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class MatmulMatch:
     transposed: bool  # True when the stored tensor is the transpose of W [out, in]
     bias: str | None  # fully qualified name, or None
     weight_nodes: tuple[Node, ...]  # the get_attr (and transpose) nodes that feed the weight and bias
-    kind: str = "linear"  # one of KINDS: how W meets the activation (see the module docstring)
+    kind: str = "linear"  # how W meets the activation: a key of sparsec.passes.operand_kinds.KINDS
     params: dict = field(default_factory=dict)  # kind-specific: conv geometry, row bucketing
 
     @property
@@ -268,26 +268,14 @@ def batched_weight(gm: GraphModule, node: Node) -> str | None:
 
 
 def weight_matrix(gm: GraphModule, m: MatmulMatch) -> torch.Tensor:
-    """The constant as the 2-d matrix W [out, in] the kernel multiplies with."""
-    w = get_constant(gm, m.weight)
-    if m.kind == "conv2d":
-        return w.reshape(w.shape[0], -1)
-    if m.kind == "diag":
-        return torch.diag(w.reshape(-1))
-    return w.t() if m.transposed else w
+    """The constant as the 2-d matrix W [out, in] the kernel multiplies with (its kind's ``matrix``)."""
+    return operand_kind(m.kind).matrix(get_constant(gm, m.weight), m.transposed)
 
 
 def rows_of(kind: str, shape) -> int:
     """N, the columns of X^T the kernel sees, for an output of ``shape``: the product of its sizes
-    without the feature dimension (the last for linear, -2 for left and diag, 1 for conv2d)."""
-    if len(shape) == 0:
-        return 1
-    feature = {"linear": len(shape) - 1, "conv2d": 1 if len(shape) == 4 else 0}.get(kind, max(len(shape) - 2, 0))
-    rows = 1
-    for d, s in enumerate(shape):
-        if d != feature:
-            rows *= int(s)
-    return rows
+    without the kind's feature dimension (the last for linear, -2 for left and diag, 1 for conv2d)."""
+    return operand_kind(kind).rows(shape)
 
 
 def example_rows(m: MatmulMatch) -> int:

@@ -16,6 +16,7 @@ from torch.fx import GraphModule
 from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
+from sparsec.passes.operand_kinds import kind as operand_kind
 
 _DENSE = "dense"
 
@@ -68,11 +69,14 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
             layer.rejected[fmt.label] = why_not
             continue
         layer.costs[fmt.label] = fmt.cost(facts, n, machine)
-    if layer.m.kind == "diag":
-        # eager computes s[:, None] * H elementwise (read H, write the result), not as a matmul
-        rows = layer.facts.shape[0]
-        layer.costs[_DENSE] = 8.0 * rows * n / machine.bandwidth + machine.torch_overhead
-    dense_cost = layer.costs[_DENSE]
+    # the operand kind's prices on this target where they are not a GEMM's (a dense conv2d, a row scaling)
+    pricing = operand_kind(layer.m.kind).pricing(ctx.target.name)
+    factor = pricing.sparse_factor()
+    for label in layer.costs:
+        if label != _DENSE:
+            layer.costs[label] *= factor
+    layer.costs[_DENSE] = pricing.dense(facts.shape[0], n, layer.costs[_DENSE], machine)
+    dense_cost, dense = layer.costs[_DENSE], pricing.dense_name
     forced = ctx.options.force_format
     if forced is not None and forced in layer.costs:
         layer.format = forced
@@ -86,7 +90,7 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
     if best != _DENSE and dense_cost / layer.costs[best] < ctx.options.min_speedup:
         layer.format = _DENSE
         layer.reason = (
-            f"best sparse format {best} predicted only {dense_cost / layer.costs[best]:.2f}x faster than dense "
+            f"best sparse format {best} predicted only {dense_cost / layer.costs[best]:.2f}x faster than {dense} "
             f"at N={n} (< min_speedup {ctx.options.min_speedup})"
         )
         return
@@ -96,14 +100,14 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
         if sparse:
             alt = min(sparse, key=sparse.get)
             layer.reason = (
-                f"no sparse format predicted faster: best {alt} {sparse[alt] * 1e6:.0f} us vs dense "
+                f"no sparse format predicted faster: best {alt} {sparse[alt] * 1e6:.0f} us vs {dense} "
                 f"{dense_cost * 1e6:.0f} us at N={n}"
             )
         else:
             layer.reason = "no sparse format accepts this weight"
     else:
         layer.reason = (
-            f"{best} predicted {layer.costs[best] * 1e6:.0f} us vs dense {dense_cost * 1e6:.0f} us at N={n} "
+            f"{best} predicted {layer.costs[best] * 1e6:.0f} us vs {dense} {dense_cost * 1e6:.0f} us at N={n} "
             f"({dense_cost / layer.costs[best]:.1f}x)"
         )
 

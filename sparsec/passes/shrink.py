@@ -24,6 +24,7 @@ from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from sparsec.compiler.context import CompileContext
 from sparsec.passes.matmul_like import get_constant
+from sparsec.passes.operand_kinds import kind as operand_kind
 
 aten = torch.ops.aten
 #: element-wise ops with f(0) = 0 (a zero channel stays zero), and spatial ops that act per channel
@@ -67,7 +68,8 @@ def _layer(node: Node):
 
 
 def _channel_dim(kind: str, rank: int) -> int:
-    return rank - 1 if kind == "linear" else (1 if rank == 4 else 0)
+    """The channel (feature) dimension of a ``kind`` layer's output of ``rank`` (its operand-kind entry)."""
+    return operand_kind(kind).feature_dim(rank)
 
 
 class _Groups:

@@ -104,3 +104,25 @@ def test_bsr_cost_at_one_row_uses_the_block_sizes_measured_rate():
     fast8 = DEFAULT_MACHINE.__class__(**{**DEFAULT_MACHINE.as_dict(), "block_dot_flops_8": 1e12})
     assert BSR(8).cost(facts, 1, fast8) < BSR(32).cost(facts, 1, fast8)
     assert BSR(8).cost(facts, 64, fast8) == BSR(8).cost(facts, 64, DEFAULT_MACHINE)
+
+
+def test_operand_kind_table_prices_convolutions_on_the_cpu_only():
+    """Every kind the matchers produce has a table entry; a conv2d's dense option is torch's conv2d on the
+    CPU (a GEMM's price over knob dense_conv_speedup, sparse ones times conv_sparse_slowdown), a GEMM
+    elsewhere; a kind the table lacks is a clear NotImplementedError."""
+    import pytest
+
+    from sparsec import knobs
+    from sparsec.formats.cost import DEFAULT_MACHINE
+    from sparsec.passes.operand_kinds import KINDS, kind
+
+    assert set(KINDS) == {"linear", "left", "conv2d", "diag"}
+    with knobs.scope(dense_conv_speedup=4.0, conv_sparse_slowdown=3.0):
+        cpu = kind("conv2d").pricing("cpu")
+        assert cpu.dense(8, 16, 1.0, DEFAULT_MACHINE) == 0.25 and cpu.sparse_factor() == 3.0
+        assert "conv2d" in cpu.dense_name
+    gpu = kind("conv2d").pricing("gpu")
+    assert gpu.dense(8, 16, 1.0, DEFAULT_MACHINE) == 1.0 and gpu.sparse_factor() == 1.0
+    assert kind("linear").rows((4, 5, 6)) == 20 and kind("conv2d").rows((2, 8, 3, 3)) == 18
+    with pytest.raises(NotImplementedError, match="operand_kinds.py"):
+        kind("sddmm")
