@@ -215,8 +215,12 @@ def _pack_structured(parent, n_parents, c, lv):
     return parent * lv.n + slot, n_parents * lv.n, crd.reshape(-1).astype(np.int32)
 
 
-def unpack_levels(bufs: dict[str, np.ndarray], lmap: LevelMap, shape: tuple[int, int]) -> np.ndarray:
-    """The dense matrix a set of level buffers stands for (the oracle the tests compare kernels with)."""
+def slot_coords(bufs: dict[str, np.ndarray], lmap: LevelMap,
+                shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, column) in the padded ``shape`` of every value slot of a set of level buffers, in storage order.
+
+    O(stored values), no packing: what unpacking scatters the values to, and what training's slot maps
+    (sparsec/targets/cpu/sparse_grad.py) gather the parameter from."""
     # Expand level by level: for every storage position, the level coordinates along its path.
     paths = np.zeros((1, 0), dtype=np.int64)
     for idx, lv in enumerate(lmap.levels):
@@ -241,6 +245,12 @@ def unpack_levels(bufs: dict[str, np.ndarray], lmap: LevelMap, shape: tuple[int,
             ij[lv.dim] += col * lv.k
         else:
             ij[lv.dim] += col
+    return ij[0], ij[1]
+
+
+def unpack_levels(bufs: dict[str, np.ndarray], lmap: LevelMap, shape: tuple[int, int]) -> np.ndarray:
+    """The dense matrix a set of level buffers stands for (the oracle the tests compare kernels with)."""
+    ij = slot_coords(bufs, lmap, shape)
     values = bufs["values"]
     out = np.zeros(shape, dtype=values.dtype)
     np.add.at(out, (ij[0], ij[1]), values)

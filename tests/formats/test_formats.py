@@ -107,3 +107,27 @@ def test_facts_match_brute_force(rows, cols, density, seed):
         assert f.block_nonzero[b] == int(blocks.sum())
     assert f.nnz == int(nz.sum())
     assert f.zero_rows == int((~nz.any(1)).sum()) and f.zero_cols == int((~nz.any(0)).sum())
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    fmt=st.sampled_from(SPARSE),
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 40),
+    density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+    seed=st.integers(0, 1000),
+)
+def test_slot_coords_locate_every_stored_value(fmt, rows, cols, density, seed):
+    """Training's slot maps: each value slot's position, read off the buffers, holds that slot's value."""
+    from sparsec.targets.cpu.sparse_grad import stored_index
+
+    w = random_weight(rows, cols, density, seed, _pattern_for(fmt))
+    packed = fmt.pack(w)
+    idx = stored_index(fmt, packed)
+    vals = packed.buffers["values"]
+    assert idx.shape == vals.shape
+    valid = idx >= 0
+    assert (vals[~valid] == 0).all(), "slots outside the weight are padding"
+    assert len(set(idx[valid].tolist())) == int(valid.sum()), "no position is stored twice"
+    assert (w.reshape(-1).numpy()[idx[valid]] == vals[valid]).all()
+    assert set(torch.nonzero(w.reshape(-1)).reshape(-1).tolist()) <= set(idx[valid].tolist())

@@ -36,31 +36,23 @@ import torch
 from sparsec import knobs
 from sparsec.errors import UnsupportedError
 from sparsec.formats import registry
+from sparsec.formats.levels import slot_coords
 from sparsec.targets.cpu import csr_backward
 
 _MODULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 #: while set (sparsec.runtime.training.dense_weight_grads): {weight parameter: its dense gradient}
 DENSE_GRADS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sparsec_dense_grads", default=None)
-_SPLIT = 4096  # index = (hi - 1) * _SPLIT + (lo - 1); both halves stay exact in float32
 
 
-def stored_index(fmt, w: torch.Tensor) -> np.ndarray:
-    """For ``fmt.pack(w)``'s value slots, the flat index into ``w`` each one holds (-1: padding)."""
-    packed = fmt.pack(w)
-    vals = packed.buffers["values"]
-    ones = dict(packed.buffers)
-    ones["values"] = np.ones_like(vals)
-    mask = fmt.unpack(type(packed)(packed.format, packed.shape, packed.padded_shape, ones)) != 0
-    idx = torch.arange(w.numel(), dtype=torch.float64).reshape(w.shape)
-    hi = fmt.pack(((idx // _SPLIT) + 1) * mask)
-    lo = fmt.pack(((idx % _SPLIT) + 1) * mask)
-    for name, buf in packed.buffers.items():  # the same structure, or the slot map would be wrong
-        if name != "values" and not (np.array_equal(buf, hi.buffers[name]) and np.array_equal(buf, lo.buffers[name])):
-            raise UnsupportedError(f"format {fmt.label}: packing is not determined by the pattern; no training")
-    h = hi.buffers["values"].astype(np.int64)
-    out = (h - 1) * _SPLIT + lo.buffers["values"].astype(np.int64) - 1
-    out[h == 0] = -1
-    return out
+def stored_index(fmt, packed) -> np.ndarray:
+    """For ``packed``'s value slots (``fmt.pack(w)``), the flat index into ``w`` each one holds (-1: padding).
+
+    Read off the packed structure itself (sparsec.formats.levels.slot_coords): O(stored values), no packing.
+    (Re-packing three index-valued copies of the weight cost ~0.4 s per BERT-base linear, paid on the first
+    call with grad enabled, including a warm compile's or a loaded model's.)"""
+    i, j = slot_coords(packed.buffers, fmt.lmap, packed.padded_shape)
+    rows, cols = packed.shape
+    return np.where((i < rows) & (j < cols), i * cols + j, -1)
 
 
 class Trainable:
@@ -75,9 +67,8 @@ class Trainable:
         # per slab: (its packed values as a tensor, the valid slots or None for all, start, end in ``flat``)
         self.maps = []
         flat, start = [], 0
-        w = weight.detach().float()
-        for packed, _, (r0, r1) in module.slabs:
-            idx = stored_index(module.fmt, w[r0:r1])
+        for packed, _, (r0, _) in module.slabs:
+            idx = stored_index(module.fmt, packed)
             valid = idx >= 0
             g = torch.from_numpy(idx[valid] + r0 * module.in_features)
             slots = None if bool(valid.all()) else torch.from_numpy(np.nonzero(valid)[0])
@@ -168,8 +159,8 @@ def _transposed(module):
         order = torch.argsort(st.flat)
         sorted_flat = st.flat[order]
         tmaps = []
-        for packed, _, (r0, r1) in tmod.slabs:
-            idx = stored_index(tmod.fmt, wt[r0:r1])
+        for packed, _, (r0, _) in tmod.slabs:
+            idx = stored_index(tmod.fmt, packed)
             if not (idx >= 0).all():
                 raise UnsupportedError(f"{module.layer_name}: the CSR copy of W^T has padding slots")
             k = torch.from_numpy(idx + r0 * out_f)  # flat index into W^T [in, out]

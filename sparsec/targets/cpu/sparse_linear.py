@@ -257,7 +257,7 @@ class SparseLinear(SparseModule):
             from sparsec.targets.cpu import sparse_grad
 
             if sparse_grad.needs_grad(self, x, residual):
-                if self.trainable is None:  # slot maps cost three packs: built on the first call that needs them
+                if self.trainable is None:  # O(nnz): slot maps read off the packed buffers, no re-packing
                     self.enable_training(*self.train_refs)
                 return sparse_grad.train_forward(self, x, residual)
         return self.run(x, residual)

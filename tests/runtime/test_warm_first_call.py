@@ -1,0 +1,99 @@
+"""A warm compile (captured-graph cache hit) and a loaded model do their work before the first call returns
+to the user: that call JIT-compiles no kernel, loads none from the disk cache, packs, calibrates and captures
+nothing, with grad enabled too (the training slot maps once re-packed every weight three times there), and
+computes what the original compile computes."""
+
+from __future__ import annotations
+
+import collections
+import copy
+
+import pytest
+import torch
+
+import sparsec
+from sparsec import knobs
+from sparsec.codegen.mlir import jit
+from sparsec.compiler import compiled_model, graph_cache
+from sparsec.formats.base import SparseFormat
+from sparsec.targets.cpu import calibrate
+from tests.models import zoo
+
+OPTS = dict(target="cpu", min_weight_numel=1024, force_format="csr")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path / "cache"))
+    with knobs.scope(graph_cache=True):
+        yield tmp_path
+    jit.clear_cache()  # the kernels loaded from this test's cache directory, which is about to go
+
+
+def _spy(monkeypatch) -> collections.Counter:
+    """Count calls of the JIT's MLIR pipeline, packing, calibration and capture from now on."""
+    calls: collections.Counter = collections.Counter()
+
+    def wrap(obj, name):
+        orig = getattr(obj, name)
+
+        def spy(*args, **kwargs):
+            calls[name] += 1
+            return orig(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, spy)
+
+    wrap(jit, "run_pipeline")  # every JIT compile lowers its MLIR through it
+    wrap(SparseFormat, "pack")
+    wrap(calibrate, "machine")
+    wrap(compiled_model, "capture")
+    return calls
+
+
+def _first_calls(cm, inputs, monkeypatch):
+    """The outputs of a first call with grad enabled and one without, asserting that neither did any work."""
+    calls = _spy(monkeypatch)
+    before = dict(jit.STATS)
+    with_grad = cm(*inputs).last_hidden_state
+    with torch.no_grad():
+        no_grad = cm(*inputs).last_hidden_state
+    assert not calls, f"the first call did compile-time work: {dict(calls)}"
+    assert jit.STATS["compiled"] == before["compiled"] and jit.STATS["disk_hits"] == before["disk_hits"]
+    monkeypatch.undo()
+    return with_grad, no_grad
+
+
+def test_warm_compile_first_call_does_no_work(cache, monkeypatch):
+    model, inputs = zoo.bert(hidden=64, layers=1, heads=2, inter=256, seq=16)
+    cm = sparsec.sparse_compile(model, inputs, **OPTS)
+    with torch.no_grad():
+        ref = cm(*inputs).last_hidden_state
+    jit.clear_cache()  # as in a new process: the kernels come from the disk cache
+    twin = copy.deepcopy(model)
+    hits, disk = graph_cache.STATS["hits"], jit.STATS["disk_hits"]
+    warm = sparsec.sparse_compile(twin, inputs, **OPTS)
+    assert graph_cache.STATS["hits"] == hits + 1
+    assert jit.STATS["disk_hits"] > disk, "the warm compile loads its kernels itself"
+    with_grad, no_grad = _first_calls(warm, inputs, monkeypatch)
+    torch.testing.assert_close(no_grad, ref, rtol=0, atol=0)
+    torch.testing.assert_close(with_grad.detach(), ref, rtol=0, atol=0)
+    with_grad.sum().backward()  # the slot maps, built on first use, give the user's module its gradients
+    assert twin.encoder.layer[0].output.dense.weight.grad is not None
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_loaded_first_call_does_no_work(bound, cache, monkeypatch):
+    model, inputs = zoo.bert(hidden=64, layers=1, heads=2, inter=256, seq=16)
+    cm = sparsec.sparse_compile(model, inputs, **OPTS)
+    with torch.no_grad():
+        ref = cm(*inputs).last_hidden_state
+    cm.save(cache / "m")
+    jit.clear_cache()
+    own = copy.deepcopy(model) if bound else None
+    disk = jit.STATS["disk_hits"]
+    loaded = sparsec.load(cache / "m", model=own)
+    assert jit.STATS["disk_hits"] > disk, "loading loads the kernels"
+    with_grad, no_grad = _first_calls(loaded, inputs, monkeypatch)
+    torch.testing.assert_close(no_grad, ref, rtol=0, atol=0)
+    torch.testing.assert_close(with_grad.detach(), ref, rtol=0, atol=0)
+    assert with_grad.requires_grad == bound  # a frozen model's weights take no gradient
