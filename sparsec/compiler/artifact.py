@@ -101,7 +101,7 @@ def _kernel_files(cm) -> list[Path]:
             mod = layer.module
             if not isinstance(mod, SparseModule):
                 continue  # dense (a Triton layer lists no kernels: Triton caches its own)
-            kernels = list(mod.kernels(layer.n))
+            kernels = list(mod.prepare(layer.n))
             for ks in getattr(mod, "_kernels", {}).values():
                 kernels.extend(ks if isinstance(ks, list | tuple) else [ks])
             for k in kernels:
@@ -305,7 +305,7 @@ def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, 
         if frozen and getattr(mod, "train_refs", None) is not None:
             mod.train_refs = None  # frozen weights take no gradient
         if isinstance(mod, SparseModule):
-            mod.kernels(layer.n)  # the example's kernels: from the kernel cache, compiled when they do not fit
+            mod.prepare(layer.n)  # the example's kernels: from the kernel cache, compiled when they do not fit
     return variant
 
 

@@ -63,7 +63,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
                 graph.erase_node(wn)
         layer.module_name = mod_name
         layer.module = module
-        module.kernels(layer.n)  # compile the example shape's kernels now (MLIR; Triton compiles on call)
+        module.prepare(layer.n)  # compile the example shape's kernels now (MLIR; Triton compiles on call)
         lines.append(f"{node.name}: {layer.name} ({layer.format}) -> {mod_name} ({type(module).__name__})")
     ctx.summaries["lower"] = "\n".join(lines)
     graph.lint()

@@ -25,3 +25,8 @@ class SparseModule(torch.nn.Module):
     def kernels(self, n: int) -> list:
         """The compiled kernels a call with ``n`` rows runs, compiling them if needed (none by default)."""
         return []
+
+    def prepare(self, n: int) -> list:
+        """Every kernel any call with ``n`` rows may run, compiled (or loaded) now so that no call pays for it:
+        what the compiler and a load call. By default the kernels of ``kernels(n)``."""
+        return self.kernels(n)

@@ -177,9 +177,7 @@ def _twin(module):
     slabs hold exactly the pattern, its packed values: a refresh of the module refreshes it."""
     st: Trainable = module.trainable
     if st.twin is None:
-        weight, bias = st.refs
-        twin = module.plain(module.layer_name + ".z", module.fmt, weight.detach(),
-                            None if bias is None else bias.detach())
+        twin = module.linear_part(module.layer_name + ".z")  # its kernels: compiled with the layer's (prepare)
         if st.shared:  # the same pattern and slabs: read the module's values, no copy on refresh
             twin.adopt_values([p.buffers["values"] for p, _, _ in module.slabs])
         _copy_slabs(module, twin)

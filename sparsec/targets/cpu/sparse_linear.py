@@ -16,8 +16,9 @@ one thread, ~71 instead of ~118 on two (1-thread CPU time, docs/kernels.md).
 
 from __future__ import annotations
 
+import copy
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,6 +57,11 @@ def kernel_dtype(dtype: torch.dtype, fmt: SparseFormat) -> str:
 def supports_16bit(fmt: SparseFormat) -> bool:
     """Whether ``fmt`` has bf16/fp16 CPU kernels (the hand CSR kernel, or a format's own module)."""
     return fmt.own_kernels is not None or emit_rowvec.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2))
+
+
+#: activations whose training forward runs the layer's linear part and leaves the activation to torch
+#: (the keys of sparsec.targets.cpu.sparse_grad.UNFOLDED, named here so compiling need not import that module)
+TRAIN_UNFOLDED = frozenset({"gelu", "silu"})
 
 
 class SparseLinear(SparseModule):
@@ -170,6 +176,28 @@ class SparseLinear(SparseModule):
             packed.buffers["values"] = a
             bufs[at] = self._narrow("values", a)
         self._bind()
+
+    def linear_part(self, name: str) -> SparseLinear:
+        """This layer without its activation and residual, on copies of its packed slabs (no packing): the
+        linear part ``x W^T + b`` that the training forward of a gelu/silu layer runs (sparse_grad._twin)."""
+        keep = {id(t): t for t in (self.train_refs or ()) if t is not None}  # the user's parameters, not copies
+        twin = copy.deepcopy(self, keep)
+        twin.layer_name, twin.activation, twin.has_residual, twin.train_refs = name, None, False, None
+        return twin
+
+    def prepare(self, n: int) -> list[CompiledKernel]:
+        """Every kernel a call with ``n`` input rows may run, compiled or loaded now so that no call pays for
+        it: the layer's own and, when its parameters take gradients through gelu/silu (which the training
+        forward leaves to torch, sparse_grad.UNFOLDED), those of its linear part."""
+        ks = list(self.kernels(n))
+        refs = [t for t in self.train_refs or () if t is not None]
+        if self.activation in TRAIN_UNFOLDED and self.dtype == torch.float32 and any(t.requires_grad for t in refs):
+            key = ("linear", n)
+            if key not in self._kernels:
+                self._kernels[key] = [compile_kernel(replace(self.spec(p, n), activation=None, residual=False))
+                                      for p, _, _ in self.slabs]
+            ks.extend(self._kernels[key])
+        return ks
 
     def plain(self, name: str, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None) -> SparseLinear:
         """A plain ``SparseLinear`` (no activation, no residual) on this layer's threads: the backward's
