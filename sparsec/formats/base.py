@@ -17,7 +17,7 @@ import torch
 from sparsec.errors import FormatError
 from sparsec.formats import cost as costmodel
 from sparsec.formats.facts import WeightFacts
-from sparsec.formats.levels import LevelMap, pack_levels, parse_level_map, unpack_levels
+from sparsec.formats.levels import LevelMap, pack_levels, parse_level_map, slot_coords, unpack_levels
 
 
 def aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
@@ -126,6 +126,12 @@ class SparseFormat:
         """The dense [out, in] weight the packed buffers stand for (the tests' oracle)."""
         dense = unpack_levels(packed.buffers, self.lmap, packed.padded_shape)
         return torch.from_numpy(dense[: packed.shape[0], : packed.shape[1]].copy())
+
+    def slot_coords(self, packed: PackedWeight) -> tuple[np.ndarray, np.ndarray]:
+        """The (row, column) of every value slot of ``packed``, in storage order, read off its buffers (no
+        packing, O(stored values)); a padding slot's position lies outside ``packed.shape``. Training's slot
+        maps (sparsec/targets/cpu/sparse_grad.py) gather the parameter from these positions."""
+        return slot_coords(packed.buffers, self.lmap, packed.padded_shape)
 
     def __repr__(self) -> str:
         return f"<format {self.label} priority={self.priority} map={self.level_map!r}>"

@@ -173,6 +173,11 @@ class Bitmap(SparseFormat):
         return dense[: packed.shape[0], : packed.shape[1]].contiguous()
 
 
+    def slot_coords(self, packed: PackedWeight) -> tuple[np.ndarray, np.ndarray]:
+        """Not implemented: these layers run their own module (no training through them), which never asks."""
+        raise NotImplementedError(f"format {self.label}: no slot map (layers in it take no gradients)")
+
+
 class NM24Compact(Bitmap):
     """2:4 along the input with a 4-bit mask per group of four and exactly two 16-bit values per group."""
 

@@ -36,7 +36,6 @@ import torch
 from sparsec import knobs
 from sparsec.errors import UnsupportedError
 from sparsec.formats import registry
-from sparsec.formats.levels import slot_coords
 from sparsec.targets.cpu import csr_backward
 
 _MODULES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -47,10 +46,10 @@ DENSE_GRADS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("spars
 def stored_index(fmt, packed) -> np.ndarray:
     """For ``packed``'s value slots (``fmt.pack(w)``), the flat index into ``w`` each one holds (-1: padding).
 
-    Read off the packed structure itself (sparsec.formats.levels.slot_coords): O(stored values), no packing.
+    Read off the packed structure itself (``fmt.slot_coords``): O(stored values), no packing.
     (Re-packing three index-valued copies of the weight cost ~0.4 s per BERT-base linear, paid on the first
     call with grad enabled, including a warm compile's or a loaded model's.)"""
-    i, j = slot_coords(packed.buffers, fmt.lmap, packed.padded_shape)
+    i, j = fmt.slot_coords(packed)
     rows, cols = packed.shape
     return np.where((i < rows) & (j < cols), i * cols + j, -1)
 
