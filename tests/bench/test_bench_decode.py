@@ -30,7 +30,7 @@ def test_swapped_parts_decode_like_eager(monkeypatch):
     monkeypatch.setattr(bench, "llama_config", lambda quick: tiny)
     model = bench.build_llama(True)
     w = model.model.layers[0].mlp.gate_proj.weight
-    assert w.dtype == torch.bfloat16 and float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert w.dtype == torch.bfloat16 and float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
     from sparsec import knobs
 
     with knobs.scope(poison_outputs=True):
