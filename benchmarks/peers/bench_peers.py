@@ -29,6 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = "/work/venvs/deepsparse"
+#: pause after each engine's turn: ORT's threads spin ~36 ms after a call, torch's libgomp workers and
+#: DeepSparse's after theirs; on 2 cores a spinning pool left behind slows whichever engine runs next
+SETTLE_S = 0.2
 
 
 def _reexec_with_onnx(venv: str) -> None:
@@ -185,6 +188,7 @@ def run(args) -> str:
                             times[e].append(time.perf_counter() - t)
                 err = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
                 errors[e] = max(errors.get(e, 0.0), err)
+                time.sleep(SETTLE_S)
         medians[name] = {e: statistics.median(t) for e, t in times.items() if t}
         eager = statistics.median(times["torch eager"])
         for e in ["torch eager", "sparsec", "DeepSparse", "ONNX Runtime", "OpenVINO"]:
