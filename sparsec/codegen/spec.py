@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 ACTIVATIONS = (None, "relu", "gelu", "silu", "tanh")
 #: kernel element types (MLIR spelling)
-DTYPES = ("f32", "bf16", "f16")
+DTYPES = ("f32", "bf16", "f16", "i8")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class KernelSpec:
     k_tile: int = 0
     #: element type of the weight values, the activation, the residual and the output (MLIR spelling:
     #: ``f32``, ``bf16``, ``f16``); 16-bit kernels extend to f32, accumulate in f32 and round once at
-    #: the store. The bias is always f32.
+    #: the store. The bias is always f32. ``i8``: int8 weight values and activation, int32 sums, f32
+    #: scales, residual and output (sparsec/codegen/mlir/emit_int8.py)
     dtype: str = "f32"
     #: the natural CSR kernel's loop order: input tiles outermost (one X tile transposed into an L1 panel at
     #: a time, every row's partial sums kept in the accumulator panel) instead of row blocks outermost

@@ -186,7 +186,7 @@ class CompiledModel(torch.nn.Module):
         """The user's model itself when the compiled graph would only replay it: every layer stayed dense
         and no channel was removed. Calling it skips the exported graph's per-op dispatch, guards and
         variant matching (~20 us per call on a tiny model); inputs and weights are still checked."""
-        if not ctx.target.runs_source_when_dense or from_artifact or ctx.shrunk:
+        if not ctx.target.runs_source_when_dense or from_artifact or ctx.shrunk or self.options.quantize:
             return []
         if any(layer.format != "dense" for layer in layers_of(gm)):
             return []

@@ -43,6 +43,10 @@ class CompileOptions:
     #: raise InputError when an input (every call) or a weight (every compile) holds NaN or inf: sparse
     #: kernels skip zeros, so non-finite values propagate differently from eager (README, "Shapes and inputs")
     check_finite: bool = False
+    #: None (compute in the model's dtype) or "int8": every float32 Linear-shaped layer runs in int8 with
+    #: dynamic per-token activation scales and per-output-channel weight scales (CSR or dense, CPU only;
+    #: sparsec/targets/cpu/int8_linear.py); the report shows each layer's quantization error
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -53,3 +57,7 @@ class CompileOptions:
             raise ValueError(f"autotune must be True, False or 'auto', got {self.autotune!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {self.quantize!r}")
+        if self.quantize is not None and self.target in ("gpu", "interpret"):
+            raise NotImplementedError(f"quantize={self.quantize!r} runs on the CPU only (target {self.target!r})")

@@ -95,13 +95,15 @@ def build_report(gm: GraphModule, notes: list[str] | None = None) -> Report:
         if layer.format != "dense" and layer.m.bias is not None:
             fused = "bias" + ("+" + fused if fused else "")
         el = torch.empty((), dtype=layer.dtype).element_size()
+        wel = 1 if layer.quantize else el  # int8 weights: one byte a value
         if layer.format == "dense":
-            stored, sparse_bytes = out_f * in_f, el * out_f * in_f
+            stored, sparse_bytes = out_f * in_f, wel * out_f * in_f
         rep.layers.append(LayerReport(
             name=layer.name, format=layer.format, shape=(out_f, in_f), n=n, density=layer.facts.density,
             dense_flops=2 * n * out_f * in_f, sparse_flops=2 * n * stored,
             dense_bytes=el * out_f * in_f, sparse_bytes=int(sparse_bytes),
-            dtype=str(layer.dtype).replace("torch.", ""), activation_bytes=el * n * (in_f + out_f),
+            dtype=layer.quantize or str(layer.dtype).replace("torch.", ""), activation_bytes=el * n * (in_f + out_f),
+            quant_error=getattr(module, "quant_error", None),
             fit=fit_from_facts(layer.facts),
             predicted_dense_us=pred_dense * 1e6, predicted_us=pred * 1e6, reason=layer.reason, fused=fused,
             measured_dense_us=layer.measured["dense"] * 1e6 if "dense" in layer.measured else None,

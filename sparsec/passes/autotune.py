@@ -66,6 +66,8 @@ def _decide(measured: dict, min_speedup: float, threads: int, thread_efficiency:
 
 def _wanted(layer, ctx: CompileContext) -> bool:
     mode = ctx.options.autotune
+    if layer.quantize:  # the measurement times the float kernels, not the int8 ones
+        return False
     if mode is True:
         return True
     # the measurement times F.linear shapes: other kinds keep predictions, as do targets whose rates are

@@ -60,7 +60,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     claimed: set[Node] = set()  # nodes already in some layer's group: A(x) + B(x) must be fused once
     for node in gm.graph.nodes:
         layer = node.meta.get("sparsec")
-        if layer is None or layer.format == "dense":
+        if layer is None or (layer.format == "dense" and not layer.quantize):  # int8 dense layers fuse too
             continue
         tail = node
         if len(tail.users) == 1:

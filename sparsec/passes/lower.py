@@ -37,7 +37,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     bar = progress(nodes, "sparsec compile kernels")
     for node in bar:
         layer = node.meta["sparsec"]
-        if layer.format == "dense":
+        if layer.format == "dense" and not layer.quantize:
             lines.append(f"{node.name}: {layer.name} stays a torch op (dense)")
             continue
         bar.set_postfix_str(layer.name[-40:])
@@ -45,7 +45,10 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         fmt = registry.get_format(layer.format)
         bias = get_constant(gm, m.bias) if m.bias is not None else None
         weight = effective_weight(gm, m)
-        module = ctx.target.module(layer, fmt, weight, bias, threads)
+        if layer.quantize:  # select quantizes float32 Linear layers only on a target with quantize_modes
+            module = ctx.target.quantized_module(layer, fmt, weight, bias, threads)
+        else:
+            module = ctx.target.module(layer, fmt, weight, bias, threads)
         _link_parameters(gm, ctx, m, module)
         mod_name = module_name(gm, layer.name)
         gm.add_submodule(mod_name, module)
@@ -68,6 +71,8 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     ctx.summaries["lower"] = "\n".join(lines)
     graph.lint()
     gm.recompile()
+    if ctx.options.quantize and ctx.example_inputs:  # each int8 layer's error on the example inputs (report)
+        ctx.target.measure_quantization(gm, ctx.example_inputs)
     return gm
 
 

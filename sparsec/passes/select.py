@@ -11,6 +11,7 @@ and any layer whose best sparse prediction lies within knob ``close_band`` of de
 
 from __future__ import annotations
 
+import torch
 from torch.fx import GraphModule
 
 from sparsec import knobs
@@ -36,7 +37,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         if layer is None:
             continue
         facts = layer.facts
-        refused = ctx.target.rejects_layer(layer)  # the target's rule: dtypes and kinds it has no kernel for
+        refused = _int8(layer, ctx) or ctx.target.rejects_layer(layer)  # dtypes and kinds it has no kernel for
         if refused is not None:
             layer.format, layer.reason = _DENSE, refused
         elif facts.numel < ctx.options.min_weight_numel:
@@ -48,6 +49,22 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
     ctx.summaries["select"] = "\n".join(lines)
     return gm
+
+
+def _int8(layer, ctx: CompileContext) -> str | None:
+    """With ``quantize="int8"``: why this layer stays in float (a reason), or None when it is quantized
+    (then ``layer.quantize`` is set and select prices the int8 kernels). A non-float32 layer raises."""
+    if ctx.options.quantize is None:
+        return None
+    if ctx.options.quantize not in ctx.target.quantize_modes:
+        raise NotImplementedError(f"quantize={ctx.options.quantize!r} runs on the CPU only (target {ctx.target.name!r})")
+    if layer.dtype != torch.float32:
+        raise NotImplementedError(f"{layer.name}: quantize='int8' of {layer.dtype} layers is not implemented "
+                                  "(float32 models only)")
+    if layer.m.kind != "linear" or layer.m.params.get("bucket_rows"):
+        return f"quantize='int8' runs Linear-shaped layers of static N only (this is {layer.m.kind}): kept float32"
+    layer.quantize = ctx.options.quantize
+    return None
 
 
 def _pin(layer, ctx: CompileContext) -> None:
@@ -65,10 +82,15 @@ def _choose(layer, ctx: CompileContext, machine) -> None:
         why_not = fmt.accepts_layer(layer.dtype, layer.m.kind, ctx.target.name) or fmt.accepts(facts)
         if why_not is None and fmt.label != _DENSE:
             why_not = ctx.target.rejects(layer, fmt)  # e.g. no Triton kernel reads this level map
+        if why_not is None and layer.quantize and fmt.label != _DENSE:
+            why_not = ctx.target.rejects_quantized(layer.quantize, fmt)
         if why_not is not None:
             layer.rejected[fmt.label] = why_not
             continue
         layer.costs[fmt.label] = fmt.cost(facts, n, machine)
+        if layer.quantize:  # f32 rates scaled by the int8 kernels' measured ratios (knobs)
+            layer.costs[fmt.label] *= (1 / knobs.get("int8_dense_speedup") if fmt.label == _DENSE
+                                       else knobs.get("int8_csr_slowdown"))
     # the operand kind's prices on this target where they are not a GEMM's (a dense conv2d, a row scaling)
     pricing = operand_kind(layer.m.kind).pricing(ctx.target.name)
     factor = pricing.sparse_factor()

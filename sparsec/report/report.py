@@ -42,6 +42,8 @@ class LayerReport:
     dtype: str = "float32"
     activation_bytes: int = 0
     fit: dict | None = None
+    #: quantize="int8": max |y_int8 - y_fp32| / max |y_fp32| of this layer's output on the example inputs
+    quant_error: float | None = None
 
     @property
     def est_speedup(self) -> float:
@@ -107,7 +109,7 @@ class Report:
     def __str__(self) -> str:
         head = ["layer", "format", "shape", "N", "density", "dense MFLOP", "exec MFLOP", "skip", "dense KB",
                 "sparse KB", "MB moved", "uJ est", "est x", "meas x", "2:4", "b16 occ", "empty rows", "needs",
-                "fused", "why"]
+                "fused", "q err", "why"]
         rows = []
         for r in self.layers:
             meas = (
@@ -121,7 +123,7 @@ class Report:
                 f"{r.dense_bytes / 1024:.0f}", f"{r.sparse_bytes / 1024:.0f}", f"{r.bytes_moved / 1e6:.3f}",
                 f"{r.energy_uj:.1f}", f"{r.est_speedup:.2f}", meas, _pct(fit.get("nm", {}).get("2:4")),
                 _pct(fit.get("block_occupancy", {}).get(16)), _pct(fit.get("empty_rows")), fit.get("needs", "-"),
-                r.fused or "-", r.reason,
+                r.fused or "-", "-" if r.quant_error is None else f"{r.dtype} {r.quant_error:.2%}", r.reason,
             ])
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"

@@ -63,6 +63,8 @@ class Target:
     gather_kinds: tuple[str, ...] = ()
     #: a compile whose layers all stayed dense calls the source model itself (same device, same code)
     runs_source_when_dense: bool = False
+    #: the ``quantize=`` modes it has kernels for ("int8"); select raises NotImplementedError for others
+    quantize_modes: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<target {self.name}>"
@@ -157,3 +159,17 @@ class Target:
         """The text of codegen stage ``stage`` (one of ``codegen_stages``) for the lowered ``layers``;
         "" when no layer has a kernel in it (the caller says why)."""
         raise NotImplementedError(f"target {self.name!r} has no codegen stages")
+
+    # --- quantized layers (quantize="int8") ---------------------------------------------------------
+    def rejects_quantized(self, mode: str, fmt: SparseFormat) -> str | None:
+        """Why ``fmt`` has no ``mode`` kernel here (None when it has one)."""
+        return f"no {mode} kernels on target {self.name!r}"
+
+    def quantized_module(self, layer, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
+                         threads: int) -> torch.nn.Module:
+        """The runtime module of a quantized layer (``layer.quantize``) in ``fmt`` (dense included)."""
+        raise NotImplementedError(f"target {self.name!r} has no quantized layers")
+
+    def measure_quantization(self, gm, inputs: tuple) -> None:
+        """Run the lowered ``gm`` once so each quantized module records its error (the report's column)."""
+        raise NotImplementedError(f"target {self.name!r} has no quantized layers")

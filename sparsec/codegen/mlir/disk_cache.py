@@ -30,7 +30,8 @@ from sparsec.host import cpu_name
 from sparsec.runtime.cache import atomic_write, cache_dir, cache_enabled, read_json, write_json
 
 log = logging.getLogger("sparsec")
-_CODEGEN_FILES = ("emit.py", "emit_bitmap.py", "emit_rowvec.py", "emit_bsrvec.py", "emit_csrnat.py", "emit_sddmm.py", "emit_refresh.py", "mathfn.py", "pipeline.py", "jit.py",
+_CODEGEN_FILES = ("emit.py", "emit_bitmap.py", "emit_rowvec.py", "emit_bsrvec.py", "emit_csrnat.py", "emit_sddmm.py",
+                  "emit_refresh.py", "emit_int8.py", "mathfn.py", "pipeline.py", "jit.py",
                   "disk_cache.py")
 
 

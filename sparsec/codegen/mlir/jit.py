@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sparsec.codegen.mlir import disk_cache, emit_bsrvec, emit_csrnat, emit_rowvec
+from sparsec.codegen.mlir import disk_cache, emit_bsrvec, emit_csrnat, emit_int8, emit_rowvec
 from sparsec.codegen.mlir.emit import emit_kernel
 from sparsec.codegen.mlir.emit_sddmm import SddmmSpec
 from sparsec.codegen.mlir.pipeline import pipeline_text, run_pipeline, vector_pipeline_text
@@ -137,6 +137,8 @@ def compile_kernel(spec: KernelSpec | SddmmSpec, opt_level: int = 3) -> Compiled
         emit_mlir = getattr(spec, "emit_mlir", None)  # kernels that bring their own source (emit_sddmm)
         if emit_mlir is not None:
             source, pipeline = emit_mlir()
+        elif emit_int8.supports(spec):  # int8 CSR: int32 sums, dequantizing epilogue
+            source, pipeline = emit_int8.emit_int8_kernel(spec), vector_pipeline_text()
         elif emit_csrnat.supports(spec):  # hand-blocked CSR reading X [N, in], writing Y [N, out]
             source, pipeline = emit_csrnat.emit_csrnat_kernel(spec), vector_pipeline_text()
         elif emit_rowvec.supports(spec):  # hand-blocked CSR: faster than the sparsifier's loop

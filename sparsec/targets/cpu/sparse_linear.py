@@ -90,7 +90,7 @@ class SparseLinear(SparseModule):
         self.activation = activation
         self.has_residual = has_residual
         self.dtype = weight.dtype if weight.dtype in KERNEL_DTYPES else torch.float32
-        self.kernel_dtype = kernel_dtype(weight.dtype, fmt) if weight.is_floating_point() else "f32"
+        self.kernel_dtype = self._kernel_dtype(weight)
         #: the dtype the kernels read and write: the layer's own, or f32 for a 16-bit layer in a format
         #: without 16-bit kernels (BSR, N:M, COO: the input is cast to f32 and the output back)
         self.io_dtype = self.dtype if self.kernel_dtype != "f32" else torch.float32
@@ -126,6 +126,10 @@ class SparseLinear(SparseModule):
         self._handle = None
         #: (weight, bias) parameters of the user's model this layer computes with; set by lower
         self.train_refs: tuple | None = None
+
+    def _kernel_dtype(self, weight: torch.Tensor) -> str:
+        """The kernels' element type for this weight (see ``kernel_dtype``)."""
+        return kernel_dtype(weight.dtype, self.fmt) if weight.is_floating_point() else "f32"
 
     def _bind(self) -> None:
         """The kernels' argument descriptors of the packed buffers (raw pointers: never pickled)."""
@@ -320,32 +324,23 @@ class SparseLinear(SparseModule):
         r2 = residual.reshape(n, self.out_features) if residual is not None else None
         if self._natural_at(n):
             return self._run_natural(x2, r2, n).reshape(*lead, self.out_features)
-        cols = self.slabs[0][0].padded_shape[1]
         kernels = self.kernels(n)
-        if n == 1:
-            xt = x2.reshape(-1)
-            if cols != self.in_features or not xt.is_contiguous():
-                xt = torch.zeros(cols, dtype=self.io_dtype).copy_(torch.nn.functional.pad(xt, (0, cols - self.in_features)))
-        else:
-            xt = x2.t()
-            if cols != self.in_features:
-                xt = torch.nn.functional.pad(xt, (0, 0, 0, cols - self.in_features))
-            xt = xt.contiguous()
-        x_arg = ArgRef(torch_descriptor(xt))
+        xt, x_args = self._scatter_input(x2, n)
+        flat = self._flat_at(n)
         total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
-        out = torch.empty((total_rows,) if n == 1 else (total_rows, n), dtype=self.io_dtype)
+        out = torch.empty((total_rows,) if flat else (total_rows, n), dtype=self.io_dtype)
         if knobs.get("poison_outputs"):
             out.fill_(float("nan"))
         tasks, offset = [], 0
         for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
             rows = packed.padded_shape[0]
-            args = [*self._fixed_args[s], *(self._tile_args[s : s + 1] if n > 1 else []), x_arg]
+            args = [*self._fixed_args[s], *(self._tile_args[s : s + 1] if n > 1 else []), *x_args]
             if self._bias_args[s] is not None:
                 args.append(self._bias_args[s])
             res = None
             if r2 is not None:
-                res = torch.zeros((rows,) if n == 1 else (rows, n), dtype=self.io_dtype)
-                res[: r1 - r0] = r2[:, r0:r1].reshape(-1) if n == 1 else r2[:, r0:r1].t()
+                res = torch.zeros((rows,) if flat else (rows, n), dtype=self.io_dtype)
+                res[: r1 - r0] = r2[:, r0:r1].reshape(-1) if flat else r2[:, r0:r1].t()
                 args.append(ArgRef(torch_descriptor(res)))
             o = out[offset : offset + rows]
             args.append(ArgRef(torch_descriptor(o)))
@@ -359,8 +354,28 @@ class SparseLinear(SparseModule):
             run_kernels(tasks)
         if total_rows != self.out_features:
             out = self._gather_rows(out)
-        y = out.reshape(1, -1) if n == 1 else out.t()
+        y = out.reshape(1, -1) if flat else out.t()
         return y.reshape(*lead, self.out_features)
+
+    def _flat_at(self, n: int) -> bool:
+        """Whether a call with ``n`` input rows passes x, the residual and the output as vectors (the
+        dot form at N = 1) rather than as [cols, N] / [rows, N] matrices."""
+        return n == 1
+
+    def _scatter_input(self, x2: torch.Tensor, n: int) -> tuple[object, list[ArgRef]]:
+        """X^T as the Y^T kernels read it ([cols, N], padded; a vector at N = 1), and its argument
+        references: (what must stay alive while the kernels run, the arguments)."""
+        cols = self.slabs[0][0].padded_shape[1]
+        if n == 1:
+            xt = x2.reshape(-1)
+            if cols != self.in_features or not xt.is_contiguous():
+                xt = torch.zeros(cols, dtype=self.io_dtype).copy_(torch.nn.functional.pad(xt, (0, cols - self.in_features)))
+        else:
+            xt = x2.t()
+            if cols != self.in_features:
+                xt = torch.nn.functional.pad(xt, (0, 0, 0, cols - self.in_features))
+            xt = xt.contiguous()
+        return xt, [ArgRef(torch_descriptor(xt))]
 
     def _run_natural(self, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> torch.Tensor:
         """Kernels that read X [N, in] and write their slab's columns of Y [N, out] in place."""

@@ -30,6 +30,7 @@ class CpuTarget(Target):
     tunes_marked_layers = True
     gather_kinds = ("sddmm", "sum")
     runs_source_when_dense = True
+    quantize_modes = ("int8",)
 
     def machine(self, threads: int, calibrate_on: bool, pinned: bool) -> tuple[Machine, str]:
         """The calibrated rates of this CPU at ``threads`` (cached on disk), or the built-in ones."""
@@ -82,6 +83,25 @@ class CpuTarget(Target):
         if m.params.get("bucket_rows"):
             return BucketedSparseLinear(*common)
         return SparseLinear(*common)
+
+    def rejects_quantized(self, mode: str, fmt: SparseFormat) -> str | None:
+        """int8 runs the CSR kernel and oneDNN's dense int8 GEMM (sparsec/targets/cpu/int8_linear.py)."""
+        from sparsec.targets.cpu.int8_linear import int8_kernel
+
+        return None if int8_kernel(fmt) else "no int8 kernel for this format (int8 runs CSR and dense)"
+
+    def quantized_module(self, layer, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
+                         threads: int) -> torch.nn.Module:
+        """Int8SparseLinear (CSR) or Int8DenseLinear."""
+        from sparsec.targets.cpu.int8_linear import int8_module
+
+        return int8_module(layer.name, fmt, weight, bias, layer.activation, layer.residual is not None, threads)
+
+    def measure_quantization(self, gm, inputs: tuple) -> None:
+        """Each int8 module's ``quant_error`` on ``inputs`` (sparsec/targets/cpu/int8_linear.py)."""
+        from sparsec.targets.cpu.int8_linear import measure_errors
+
+        measure_errors(gm, inputs)
 
     def linear_module(self, name: str, fmt: SparseFormat, weight: torch.Tensor, threads: int) -> SparseModule:
         """A plain SparseLinear, or the format's own module (what autotune times)."""

@@ -1,0 +1,206 @@
+"""int8 layers (quantize="int8") against a dense integer reference and against fp32.
+
+Exactness: with every row's largest magnitude at the quantizer's limit, the scales are exactly 1 and the
+output is the int32 sum itself, which must equal ``Xq Wq^T`` computed in int64 (values at the +-127
+extremes included: the CSR kernel sums pairs of products in 16 bits). The dequantizing epilogue (scales,
+bias, activation, residual) is checked against the same formula in torch, and the whole layer against fp32
+within a tolerance. Kernel outputs start as NaN (conftest), so an element never written fails.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsec import sparse_compile
+from sparsec.errors import InputError
+from sparsec.formats import registry
+from sparsec.targets.cpu.int8_linear import (
+    DENSE_XMAX,
+    QMAX,
+    Int8DenseLinear,
+    Int8SparseLinear,
+    quantize_rows,
+)
+from tests.conftest import reference
+
+CSR = registry.get_format("csr")
+
+
+def _int_matrix(rows: int, cols: int, density: float, qmax: int, seed: int, extremes: bool) -> torch.Tensor:
+    """Integer values in [-qmax, qmax] (float32), each nonzero row holding +-qmax once (so its scale is 1)."""
+    g = torch.Generator().manual_seed(seed)
+    if extremes:
+        m = (torch.randint(0, 2, (rows, cols), generator=g) * 2 - 1).float() * qmax
+    else:
+        m = torch.randint(-qmax, qmax + 1, (rows, cols), generator=g).float()
+    m = m * (torch.rand(rows, cols, generator=g) < density)
+    for r in range(rows):
+        nz = m[r].nonzero()
+        if len(nz):
+            m[r, nz[0, 0]] = qmax
+    return m
+
+
+def _int_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (x.long() @ w.long().t()).float()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 50),
+    cols=st.integers(1, 70),
+    n=st.sampled_from([1, 2, 5, 16, 29]),
+    density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    threads=st.sampled_from([1, 3]),
+    extremes=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_int8_csr_sums_exactly_in_int32(rows, cols, n, density, threads, extremes, seed):
+    w = _int_matrix(rows, cols, density, QMAX, seed, extremes)
+    x = _int_matrix(n, cols, 1.0, QMAX, seed + 1, extremes)
+    layer = Int8SparseLinear("t", CSR, w, None, None, False, threads)
+    assert torch.equal(layer.weight_scale, torch.ones(rows))
+    with torch.no_grad():
+        got = layer(x)
+    assert torch.equal(got, _int_reference(x, w)), (got - _int_reference(x, w)).abs().max()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 60),
+    n=st.sampled_from([1, 3, 16, 21]),
+    extremes=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_int8_dense_sums_exactly_in_int32(rows, cols, n, extremes, seed):
+    w = _int_matrix(rows, cols, 1.0, QMAX, seed, extremes)
+    x = _int_matrix(n, cols, 1.0, DENSE_XMAX, seed + 1, extremes)
+    layer = Int8DenseLinear("d", w, None, None, False)
+    xq, sx = quantize_rows(x, DENSE_XMAX)
+    assert torch.equal(sx, torch.ones(n))
+    assert torch.equal(layer.int32_sums(xq), _int_reference(xq, layer.weight_q))
+    with torch.no_grad():
+        assert torch.equal(layer(x), _int_reference(x, w))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    dense=st.booleans(),
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 60),
+    n=st.sampled_from([1, 4, 17]),
+    density=st.sampled_from([0.0, 0.2, 1.0]),
+    bias=st.booleans(),
+    act=st.sampled_from([None, "relu", "gelu", "silu", "tanh"]),
+    residual=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_int8_epilogue_dequantizes_and_matches_fp32(dense, rows, cols, n, density, bias, act, residual, seed):
+    """The output is act(Xq Wq^T * sx * sw + b) + r to f32 rounding, and near fp32's."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * (torch.rand(rows, cols, generator=g) < density)
+    x = torch.randn(n, cols, generator=g)
+    b = torch.randn(rows, generator=g) if bias else None
+    r = torch.randn(n, rows, generator=g) if residual else None
+    layer = (Int8DenseLinear("d", w, b, act, residual) if dense
+             else Int8SparseLinear("s", CSR, w, b, act, residual, 2))
+    with torch.no_grad():
+        got = layer(x, r) if residual else layer(x)
+    assert not torch.isnan(got).any(), "an output element was never written"
+    xq, sx = quantize_rows(x, DENSE_XMAX if dense else QMAX)
+    wq, sw = quantize_rows(w)
+    acc = _int_reference(xq, wq) * sx[:, None] * sw[None, :]
+    want = reference(acc, torch.eye(rows), b, act, r)
+    scale = want.abs().max().clamp_min(1.0)
+    assert (got - want).abs().max() / scale <= 1e-5
+    fp32 = reference(x, w, b, act, r)
+    # per-token and per-channel rounding: each factor is off by at most half its step, so a product by
+    # sw |x| / 2 + sx |w| / 2 + sx sw / 2; the activations' slopes stay below 1.2
+    bound = (x.abs().sum(1, keepdim=True) * sw[None, :] / 2 + sx[:, None] * (w.abs().sum(1)[None, :]) / 2
+             + sx[:, None] * sw[None, :] * cols / 2)
+    assert ((got - fp32).abs() <= bound * 1.2 + 1e-4 * scale).all()
+
+
+def test_int8_bert_shape_error_is_small():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(768, 768, generator=g) * (torch.rand(768, 768, generator=g) < 0.1) * 0.05
+    x = torch.randn(128, 768, generator=g)
+    for layer in (Int8SparseLinear("s", CSR, w, None, "gelu", False, 2), Int8DenseLinear("d", w, None, "gelu", False)):
+        with torch.no_grad():
+            got = layer(x)
+        want = reference(x, w, None, "gelu")
+        assert (got - want).abs().max() / want.abs().max() < 0.02, type(layer).__name__
+
+
+def test_int8_layers_pickle_and_reject_bad_inputs():
+    w = torch.randn(32, 48) * (torch.rand(32, 48) < 0.3)
+    x = torch.randn(5, 48)
+    for layer in (Int8SparseLinear("s", CSR, w, None, None, False, 2), Int8DenseLinear("d", w, None, None, False)):
+        with torch.no_grad():
+            want = layer(x)
+            assert torch.equal(pickle.loads(pickle.dumps(layer))(x), want)
+        with pytest.raises(InputError, match="float32"):
+            layer(x.double())
+        with pytest.raises(NotImplementedError, match="gradients"):
+            layer(x.requires_grad_())
+        x = x.detach()
+    with pytest.raises(NotImplementedError, match="CSR"):
+        Int8SparseLinear("c", registry.get_format("coo"), w, None, None, False)
+    with pytest.raises(NotImplementedError, match="float32"):
+        Int8DenseLinear("h", w.bfloat16(), None, None, False)
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(128, 256)
+        self.b = torch.nn.Linear(256, 128)
+        self.c = torch.nn.Linear(128, 64)
+
+    def forward(self, x):
+        return self.c(self.b(torch.nn.functional.gelu(self.a(x))) + x)
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = _MLP().eval()
+    with torch.no_grad():
+        for lin in (m.a, m.b):
+            lin.weight.mul_(torch.rand_like(lin.weight) < 0.1)
+    return m
+
+
+def test_quantize_int8_compiles_sparse_and_dense_layers_and_reports_errors():
+    m, x = _model(), torch.randn(32, 128)
+    cm = sparse_compile(m, (x,), quantize="int8", calibrate=False, force_format="csr")
+    mods = {type(mod).__name__ for mod in cm._primary.module.modules()}
+    assert {"Int8SparseLinear"} <= mods
+    rep = cm.report()
+    assert all(r.dtype == "int8" and r.quant_error is not None and r.quant_error < 0.05 for r in rep.layers)
+    assert "int8 " in str(rep) and "q err" in str(rep)
+    with torch.no_grad():
+        got, want = cm(x), m(x)
+        assert (got - want).abs().max() / want.abs().max() < 0.03
+        assert cm(torch.randn(7, 128)).shape == (7, 64)  # another N
+    dense = sparse_compile(m, (x,), quantize="int8", calibrate=False, formats=())
+    assert "Int8DenseLinear" in {type(mod).__name__ for mod in dense._primary.module.modules()}
+    with torch.no_grad():
+        assert (dense(x) - want).abs().max() / want.abs().max() < 0.03
+
+
+def test_quantize_rejects_bad_values_targets_and_dtypes():
+    m, x = _model(), torch.randn(4, 128)
+    with pytest.raises(ValueError, match="quantize must be None or 'int8'"):
+        sparse_compile(m, (x,), quantize="int4")
+    with pytest.raises(ValueError, match="quantize"):
+        sparse_compile(m, (x,), quantize=True)
+    with pytest.raises(NotImplementedError, match="CPU only"):
+        sparse_compile(m, (x,), quantize="int8", target="interpret")
+    with pytest.raises(NotImplementedError, match="float32 models only"):
+        sparse_compile(_model().bfloat16(), (x.bfloat16(),), quantize="int8", calibrate=False)
