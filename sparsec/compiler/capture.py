@@ -177,6 +177,11 @@ def _explain(exc: Exception, model: torch.nn.Module | None = None, kwargs: dict 
     found = _UNKNOWN_OUTPUT.search(str(exc))
     if found and _is_cache_type(found.group(1)):
         hint = _CACHE_HINT.format(what=found.group(1).rpartition(".")[2])
+    elif found:
+        name = found.group(1).rpartition(".")[2]
+        hint = (f"the model returns a {name}, which torch.export cannot flatten into tensors. Register it "
+                f"before compiling: torch.export.register_dataclass({name}) for a dataclass, "
+                "torch.utils._pytree.register_pytree_node for another class; or return a tuple / dict")
     elif model is not None and _cache_enabled(model, kwargs or {}):
         # the cache may break the trace before any output exists (its updates branch on the cache state)
         hint += "\nAlso: " + _CACHE_HINT.format(what="model.config.use_cache is True")

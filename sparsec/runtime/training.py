@@ -90,9 +90,21 @@ def differs_in_train_mode(model: torch.nn.Module, args: tuple, kwargs: dict) -> 
 
 
 def _same(a, b) -> bool:
+    """Equal outputs; leaves pytree does not flatten (a dataclass, a custom object holding tensors) are
+    compared field by field, and an object whose ``==`` cannot give a bool counts as the same (capture then
+    says what it cannot return)."""
+    import dataclasses
+
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-    return type(a) is type(b) and a == b
+    if type(a) is not type(b):
+        return False
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - e.g. an object comparing tensors inside: no evidence of a difference
+        return True
 
 
 def check_eval_root(model: torch.nn.Module) -> None:

@@ -1,14 +1,16 @@
 """Calling conventions and model shapes that once crashed: two sparse layers added, non-tensor inputs,
-3-d constant weights, models built under inference_mode (issue 11, items 1, 2, 5, 7)."""
+3-d constant weights, models built under inference_mode (issue 11, items 1, 2, 5, 7), dataclass results."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
 import sparsec
-from sparsec.errors import InputError
+from sparsec.errors import CaptureError, InputError
 from tests.conftest import assert_close, random_weight
 
 OPTS = dict(target="cpu", force_format="csr", calibrate=False, min_weight_numel=0)
@@ -143,3 +145,39 @@ def test_model_and_example_inputs_made_under_inference_mode():
         cm2 = sparsec.sparse_compile(model, (x,), **OPTS)
         assert_close(cm2(x), want)
         assert_close(cm(x[:3]), want[:3])
+
+
+@dataclasses.dataclass
+class _Out:
+    y: torch.Tensor
+    z: torch.Tensor
+
+
+@dataclasses.dataclass
+class _RegisteredOut(_Out):
+    pass
+
+
+torch.export.register_dataclass(_RegisteredOut)
+
+
+class ReturnsDataclass(nn.Module):
+    def __init__(self, cls) -> None:
+        super().__init__()
+        self.fc, self.cls = _sparse_linear(32, 32, 8), cls
+
+    def forward(self, x):
+        return self.cls(self.fc(x), x + 1)
+
+
+def test_dataclass_output_unregistered_says_how_registered_works():
+    """A dataclass result once crashed the train-mode check (``==`` of tensors); now capture names the remedy."""
+    x = torch.randn(4, 32)
+    with pytest.raises(CaptureError, match=r"register_dataclass\(_Out\)"):
+        sparsec.sparse_compile(ReturnsDataclass(_Out).eval(), (x,), **OPTS)
+    model = ReturnsDataclass(_RegisteredOut).eval()
+    cm = sparsec.sparse_compile(model, (x,), **OPTS)
+    got, want = cm(x), model(x)
+    assert type(got) is _RegisteredOut
+    assert_close(got.y, want.y)
+    assert_close(got.z, want.z)
