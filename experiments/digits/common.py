@@ -74,26 +74,19 @@ def train(model: nn.Module, data: Data, *, lr: float, total_steps: int, seed: in
     may return an object whose ``step()`` is called after every ``optimizer.step()``, as in torch.ao.
     ``start_step > 0`` resumes the schedule mid-way, which is what rewinding to iteration k needs.
 
-    ``compiled``: train through sparsec's compiled sparse kernels (static sparse training). Only a
-    ``StaticSparsifier`` from step 0: its masks are baked into the weights, whose zeros the compiled layers
-    do not store, so pruned weights get no gradient and stay zero under SGD (weight decay included), as
-    under the mask. RigL/SET grow weights *at zero*, which the compiled formats would not store: refused.
+    ``compiled``: train through sparsec's compiled sparse kernels (``sparsec.prune.CompiledTraining``): the
+    sparsifier (StaticSparsifier, RigL or SET) keeps its masks on ``model``; the compiled layers store
+    exactly the masks' positions, mask updates re-pack the changed layers, and RigL's dense gradients are
+    computed on the steps before its updates only.
     """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     sparsifier = setup(opt) if setup is not None else None
     forward = model
     if compiled:
-        if not isinstance(sparsifier, prune.StaticSparsifier) or type(sparsifier) is not prune.StaticSparsifier \
-                or start_step != 0:
-            raise NotImplementedError("compiled training runs StaticSparsifier from step 0 only: RigL/SET grow "
-                                      "weights at exactly zero, which the compiled sparse formats do not store")
-        import sparsec
-
-        sparsifier.finalize()
-        sparsifier = None
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        forward = sparsec.sparse_compile(model, (data.x_train[:BATCH],), target="cpu", force_format="csr",
-                                         calibrate=False, min_weight_numel=0)
+        if not isinstance(sparsifier, prune.BaseSparsifier):
+            raise NotImplementedError("compiled training runs a sparsec.prune sparsifier's masks; got none")
+        sparsifier = prune.CompiledTraining(sparsifier, (data.x_train[:BATCH],))
+        forward = sparsifier
     gen = torch.Generator().manual_seed(seed)
     n = len(data.y_train)
     step = start_step

@@ -60,7 +60,7 @@ def sparse_from_scratch(data: Data, seed: int, sparsifier: prune.BaseSparsifier,
                         init_seed: int | None = None, compiled: bool = False) -> Run:
     """Static / RigL / SET: train from a random init with the sparsifier active from step 0.
 
-    ``compiled``: through sparsec's compiled sparse kernels (StaticSparsifier only, see common.train)."""
+    ``compiled``: through sparsec's compiled sparse kernels (see common.train)."""
     model = make_mlp(seed if init_seed is None else init_seed)
 
     def setup(opt):

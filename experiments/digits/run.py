@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed and short training (smoke test)")
     parser.add_argument("--compiled", action="store_true",
-                        help="also train the static-mask rows through sparsec's compiled sparse kernels")
+                        help="also train the static-mask, RigL and SET rows through sparsec's compiled sparse kernels")
     parser.add_argument("--out", type=Path, default=HERE, help="directory for RESULTS.md, results.json/png")
     args = parser.parse_args()
     # One thread: these matrices are tiny, and a second thread only adds contention on a shared 2-core box.
@@ -126,9 +126,9 @@ def main() -> None:
     # RigL / SET update interval: picked on validation at 90 %, then used at every sparsity.
     chosen = {}
     for name, cls in (("RigL", prune.RigL), ("SET", prune.SET)):
-        def dst(sp: float, s: int, dt: int, cls=cls) -> Run:
+        def dst(sp: float, s: int, dt: int, cls=cls, compiled: bool = False) -> Run:
             sparsifier = cls(sp, end_step=int(0.75 * steps), update_interval=dt, distribution="erk", seed=s)
-            return sparse_from_scratch(data, s, sparsifier, sparse_lr, steps)
+            return sparse_from_scratch(data, s, sparsifier, sparse_lr, steps, compiled=compiled)
 
         trials = {dt: [dst(0.9, s, dt) for s in seeds] for dt in INTERVAL_GRID}
         chosen[name] = pick(INTERVAL_GRID, trials)
@@ -136,6 +136,11 @@ def main() -> None:
             runs = trials[chosen[name]] if sp == 0.9 else [dst(sp, s, chosen[name]) for s in seeds]
             for run in runs:
                 add(f"{name} (ERK)", sp, run)
+            if args.compiled:  # the same runs through the compiled kernels (masks re-packed at each update)
+                for s, eager in zip(seeds, runs, strict=True):
+                    run = dst(sp, s, chosen[name], compiled=True)
+                    add(f"{name} (ERK), compiled kernels", sp, run)
+                    log(f"{name} {sp:.0%} seed {s}: test accuracy eager {eager.test:.2f}%, compiled {run.test:.2f}%")
     log("RigL / SET done")
 
     elapsed = time.time() - start

@@ -172,6 +172,7 @@ class CompiledModel(torch.nn.Module):
 
     def _install(self, variant: Variant, model, from_artifact: bool) -> Variant:
         variant.trainable = training.trainable_graph(variant.module, model)
+        training.apply_patterns(variant.module, getattr(self, "_patterns", {}))
         self._params = [p for p in model.parameters() if p.is_floating_point()]
         self._variants.append(variant)
         self._weights = _WeightWatch(model)
@@ -201,6 +202,26 @@ class CompiledModel(torch.nn.Module):
             args, kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
             self._variants.clear()
             self._compile(args, kwargs)
+
+    def set_patterns(self, patterns: dict) -> None:
+        """Store exactly these positions of these weights from now on: ``{weight parameter: bool mask}``.
+
+        Dynamic sparse training (RigL, SET) grows weights *at zero*, which a pattern read off the weight's
+        nonzeros would not store (and so never give a gradient). Layers whose mask changed are re-packed
+        now, in place (no recompile); variants compiled later use the masks too. Every weight must be
+        computed by a trainable compiled sparse layer (NotImplementedError otherwise), and be zero outside
+        its mask (InputError)."""
+        with self._lock:
+            known = {id(m.train_refs[0]) for v in self._variants for m in training.sparse_modules(v.module)}
+            for weight in patterns:
+                if id(weight) not in known:
+                    raise NotImplementedError(
+                        f"a weight of shape {tuple(weight.shape)} is not computed by a trainable compiled sparse "
+                        "layer (a layer that stayed dense, or a derived weight): its mask cannot be kept; compile "
+                        "with force_format='csr' and min_weight_numel=0")
+            self._patterns = {id(w): (w, m) for w, m in patterns.items()}
+            for v in self._variants:
+                training.apply_patterns(v.module, self._patterns)
 
     # --- calling ------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):

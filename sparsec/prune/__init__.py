@@ -10,6 +10,7 @@ from .base import BaseSparsifier, ScoreSparsifier, select_modules
 from .block import BlockPruner, block_mask, block_scores
 from .channel import ChannelPruner
 from .channel_graph import ChannelGroup, channel_groups
+from .compiled import CompiledTraining, plain_view
 from .distribution import layer_densities, random_mask
 from .finalize import finalize
 from .gradual import GradualPruner
@@ -25,6 +26,8 @@ from .static import StaticSparsifier
 from .wanda import WandaPruner, wanda, wanda_scores
 
 __all__ = [
+    "CompiledTraining",
+    "plain_view",
     "BaseSparsifier", "BlockPruner", "ChannelGroup", "ChannelPruner", "CubicSchedule", "GradualPruner",
     "LotteryTicket", "MagnitudePruner", "Mask", "MovementPruner", "NMPruner", "RigL", "SET",
     "ScoreSparsifier", "StaticSparsifier", "attach_mask", "block_mask", "block_scores", "channel_groups",

@@ -173,6 +173,18 @@ def sparse_modules(gm: torch.fx.GraphModule) -> list:
     return [m for m in gm.modules() if getattr(m, "train_refs", None)]
 
 
+def apply_patterns(gm: torch.fx.GraphModule, patterns: dict) -> None:
+    """Re-pack every sparse layer of ``gm`` whose weight has an explicit pattern (``{id(weight): (weight,
+    bool mask)}``, CompiledModel.set_patterns) that differs from what it stores."""
+    for m in sparse_modules(gm):
+        entry = patterns.get(id(m.train_refs[0]))
+        if entry is None:
+            continue
+        weight, mask = entry
+        if m.pattern is None or not torch.equal(m.pattern, mask):
+            m.repack(mask.detach().to(torch.bool), weight, m.train_refs[1])
+
+
 def fast_refresh(variants: list, watch) -> bool:
     """After in-place updates (optimizer.step), refresh packed values in O(nnz); False: recompile needed.
 

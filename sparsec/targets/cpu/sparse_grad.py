@@ -75,11 +75,16 @@ class Trainable:
             flat.append(g)
             start += g.numel()
         self.flat = torch.cat(flat)  # every stored position of W, as flat indices
+        #: what the slabs store (the explicit pattern of a re-packed layer, zeros included), as 1.0
+        self.pattern = torch.zeros(module.out_features * module.in_features)
+        self.pattern[self.flat] = 1.0
+        self.pattern = self.pattern.view(module.out_features, module.in_features)
         self.rows = self.flat // module.in_features
         self.cols = self.flat % module.in_features
         self.shared = all(slots is None for _, slots, _, _ in self.maps)
         values = np.empty(start, dtype=np.float32)
         self.stored = torch.from_numpy(values)
+        torch.index_select(weight.detach().reshape(-1).float(), 0, self.flat, out=self.stored)
         if self.shared:  # one buffer in flat order; each slab's packed values a view of it
             arrays = [values[s0:s1] for _, _, s0, s1 in self.maps]
             for a, (v, _, _, _) in zip(arrays, self.maps, strict=True):
@@ -150,8 +155,7 @@ def _transposed(module):
     """CSR of W^T (built once): the module that computes ``dz @ W`` with the forward kernels."""
     st: Trainable = module.trainable
     if st.transposed is None:
-        weight = st.refs[0].detach().float()
-        wt = weight.t().contiguous()
+        wt = st.pattern.t().contiguous()  # the structure; values follow from ``stored`` below
         tmod = module.plain(module.layer_name + ".T", registry.get_format("csr"), wt, None)
         out_f, in_f = module.out_features, module.in_features
         # where in ``flat`` order each W^T slot's value sits (flat is not sorted for blocked formats)
@@ -165,6 +169,9 @@ def _transposed(module):
             k = torch.from_numpy(idx + r0 * out_f)  # flat index into W^T [in, out]
             w_flat = (k % out_f) * in_f + k // out_f
             tmaps.append((_values(packed), order[torch.searchsorted(sorted_flat, w_flat)]))
+        for vals, index in tmaps:
+            torch.index_select(st.stored, 0, index, out=vals)
+        tmod.sync_values()
         st.transposed = (tmod, tmaps)
     return st.transposed[0]
 

@@ -94,7 +94,19 @@ class SparseLinear(SparseModule):
         #: the dtype the kernels read and write: the layer's own, or f32 for a 16-bit layer in a format
         #: without 16-bit kernels (BSR, N:M, COO: the input is cast to f32 and the output back)
         self.io_dtype = self.dtype if self.kernel_dtype != "f32" else torch.float32
-        self.slabs = self._pack(weight.detach().float(), bias, max(1, threads))
+        self._use_slabs(self._pack(weight.detach().float(), bias, max(1, threads)))
+        #: the explicit pattern (bool [out, in]) this layer stores, zeros included, when ``repack`` set one;
+        #: None: the weight's nonzeros when it was packed
+        self.pattern: torch.Tensor | None = None
+        #: training state (sparse_grad.Trainable) when lower found the parameter this weight is
+        self.trainable = None
+        self._handle = None
+        #: (weight, bias) parameters of the user's model this layer computes with; set by lower
+        self.train_refs: tuple | None = None
+
+    def _use_slabs(self, slabs: list) -> None:
+        """Take ``slabs`` (``_pack``'s) as the packed weight: kernel buffers, descriptors, kernel choices."""
+        self.slabs = slabs
         self.stored = sum(p.stored for p, _, _ in self.slabs)
         self.nbytes = sum(p.nbytes for p, _, _ in self.slabs)
         # Weight and bias arguments never change: build their descriptors once per slab.
@@ -121,11 +133,23 @@ class SparseLinear(SparseModule):
                 bufs.append(aligned_copy(emit_rowvec.tile_positions(
                     packed.buffers[names[0]], packed.buffers[names[1]], packed.padded_shape[1], self.k_tile)))
         self._bind()
-        #: training state (sparse_grad.Trainable) when lower found the parameter this weight is
+
+    def repack(self, pattern: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Store exactly ``pattern`` (bool [out, in]) from now on, with ``weight``'s values there (zeros
+        included: a weight RigL/SET just grew is zero and must be stored to get a gradient).
+
+        A mask change during sparse training re-packs the layer's structure this way instead of a full
+        recompile; training state (slot maps, the CSR copy of W^T, the twin) is rebuilt from the pattern."""
+        if pattern.shape != (self.out_features, self.in_features) or pattern.dtype != torch.bool:
+            raise InputError(f"{self.layer_name}: pattern must be bool {(self.out_features, self.in_features)}")
+        self._use_slabs(self._pack(pattern.float(), bias, len(self.slabs)))
+        self.pattern = pattern.detach().clone()
+        from sparsec.targets.cpu import sparse_grad
+
         self.trainable = None
-        self._handle = None
-        #: (weight, bias) parameters of the user's model this layer computes with; set by lower
-        self.train_refs: tuple | None = None
+        self.enable_training(weight, bias)  # slot maps (and later W^T, the twin) from the pattern
+        if not sparse_grad.refresh_values(self):
+            raise InputError(f"{self.layer_name}: the weight has nonzeros outside the pattern to re-pack to")
 
     def _kernel_dtype(self, weight: torch.Tensor) -> str:
         """The kernels' element type for this weight (see ``kernel_dtype``)."""
