@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from sparsec.compiler.compiled_model import CompiledModel
@@ -41,4 +43,5 @@ def sparse_compile(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     opts = CompileOptions(target=target, **options)
-    return CompiledModel(model, tuple(example_inputs), example_kwargs, opts, resolve_target(opts.target))
+    opts = dataclasses.replace(opts, target=resolve_target(opts.target))  # "auto" says what it resolved to
+    return CompiledModel(model, tuple(example_inputs), example_kwargs, opts, opts.target)

@@ -93,3 +93,10 @@ def test_autotune_on_interpret_times_the_triton_kernels(tmp_path, monkeypatch):
     assert get_target("interpret").machine_key(1) != get_target("cpu").machine_key(1)
     timed.clear()
     assert_close(cm(x), model(x))
+
+
+def test_auto_target_is_resolved_everywhere():
+    """target="auto" resolves once: the options, the model and the passes' Target all name the result."""
+    cm = sparsec.sparse_compile(_model("csr"), (torch.randn(4, 64),), calibrate=False, autotune=False)
+    expected = "gpu" if torch.cuda.is_available() else "cpu"
+    assert cm.options.target == cm.target == cm._primary.ctx.target.name == expected
