@@ -38,7 +38,7 @@ def sparse_compile(
 
     ``target``: "auto" | "cpu" | "gpu" | "interpret". Other keyword options are the fields of
     :class:`sparsec.CompileOptions` (formats, force_format, threads, dynamic, min_weight_numel, fuse,
-    dump_dir, max_variants).
+    dump_dir, max_variants, quantize).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
