@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 
 import torch
 from torch.utils import _pytree as pytree
@@ -105,6 +106,7 @@ class CompiledModel(torch.nn.Module):
             isinstance(a, torch.Tensor) for a in args
         )
         self._train_mods = training.train_mode_modules(model)
+        self._autocast_warned = False  # one warning per model when called inside torch.autocast
         # a train()/eval() difference that no Dropout/BatchNorm module explains (checked by running it).
         # A loaded artifact (seed given) was checked when it was compiled; running it here would read the
         # saved torch.export program that loading deliberately leaves unread.
@@ -236,6 +238,13 @@ class CompiledModel(torch.nn.Module):
             self._check_inputs(flat, spec)
         if self._train_mods:
             training.check_eval(self._train_mods)
+        if not self._autocast_warned and _autocast_around(flat):
+            self._autocast_warned = True
+            warnings.warn(
+                "sparsec: the compiled model is called inside torch.autocast, which it does not apply: it computes "
+                "in the dtypes it was compiled for (eager would cast its matmuls to the autocast dtype, and return "
+                "that dtype). Put the autocast inside forward before compiling, or convert the model with "
+                "model.to(dtype)", UserWarning, stacklevel=2)
         if self._train_dependent:
             training.check_eval_root(self._model[0])
         if self.options.check_finite:
@@ -438,6 +447,12 @@ class CompiledModel(torch.nn.Module):
     def graph_module(self) -> torch.fx.GraphModule:
         """The lowered fx graph module of the example inputs' variant."""
         return self._primary.module
+
+
+def _autocast_around(flat: list) -> bool:
+    """True when torch.autocast is on for the device of any tensor input (the call would cast in eager)."""
+    devices = {x.device.type for x in flat if isinstance(x, torch.Tensor)} or {"cpu"}
+    return any(torch.is_autocast_enabled(d) for d in devices if d in ("cpu", "cuda", "xpu"))
 
 
 def _input_specs(cap: Captured) -> list:

@@ -3,6 +3,8 @@ torch.nn.utils.prune left unfinalized, sparsec.prune's own masks, any torch para
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
@@ -169,3 +171,19 @@ def test_autocast_in_forward_is_inlined_and_named():
             got, want = cm(x), model(x)
         assert got.dtype == want.dtype
         assert_close(got, want)
+
+
+def test_call_inside_autocast_warns_once_and_keeps_its_dtype():
+    """Autocast around the call is not applied (eager would return bfloat16): a warning says so, once."""
+    model = _mlp().eval()
+    x = torch.randn(4, model[0].in_features)
+    cm = sparsec.sparse_compile(model, (x,), **OPTS)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        with pytest.warns(UserWarning, match="inside torch.autocast"):
+            got = cm(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            cm(x)  # the second call is silent
+    assert got.dtype == torch.float32
+    with torch.no_grad():
+        assert_close(got, model(x))
