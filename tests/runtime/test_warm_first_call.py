@@ -25,6 +25,7 @@ OPTS = dict(target="cpu", min_weight_numel=1024, force_format="csr")
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path / "cache"))
+    jit.clear_cache()  # kernels compiled by earlier tests: this test's first compile writes its own to disk
     with knobs.scope(graph_cache=True):
         yield tmp_path
     jit.clear_cache()  # the kernels loaded from this test's cache directory, which is about to go
