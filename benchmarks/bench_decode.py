@@ -23,7 +23,8 @@ autotune near the crossover); the table lists what it chose. Prefill (an 8-token
 ``--quick``: small shapes and model, 2 rounds (a smoke run; figures are not the targets' and are marked).
 ``--cpu-time``: one thread, process CPU time (development on a loaded machine). Prints the load average
 at start and end; figures are flagged "(loaded)" when the 1-minute load at the start was above 1.
-Writes section ``decode`` of benchmarks/RESULTS.md.
+Writes section ``decode`` of benchmarks/RESULTS.md. Takes 12 min at load 5 (model build 90 s, compiles 100 s);
+expect about 5 min on a quiet machine; peak memory ~6 GB.
 """
 
 from __future__ import annotations
