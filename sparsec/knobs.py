@@ -83,6 +83,9 @@ _TABLE: tuple[Knob, ...] = (
     Knob("conv_sparse_slowdown", float, 2.0, None, "select: sparse conv kernels' slowdown vs their GEMM (operand_kinds.py)"),
     Knob("int8_dense_speedup", float, 1.8, None,
          "select, quantize='int8': oneDNN's int8 GEMM rate over torch's f32 GEMM (AVX2, measured 1.8x)"),
+    Knob("int8_dense_split_max_n", int, 16, None,
+         "quantize='int8' dense layers: at most this many rows keep 8-bit activations (two exact 7-bit halves "
+         "in one GEMM, twice the arithmetic); more rows quantize activations to 7 bits"),
     Knob("int8_csr_slowdown", float, 1.35, None,
          "select, quantize='int8': the int8 CSR kernel's time over the f32 CSR kernel's (AVX2, no VNNI: measured)"),
     Knob("sddmm_max_density", float, 0.03, None, "gather: SDDMM kernel only at or below this density"),

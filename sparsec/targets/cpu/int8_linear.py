@@ -6,7 +6,8 @@ token at every call (``sx[n] = max|X[n]| / 127``), values in [-127, 127]; ``Xq W
 int32. ``Int8SparseLinear`` runs the int8 CSR kernel (sparsec/codegen/mlir/emit_int8.py), whose epilogue
 dequantizes and applies bias, activation and residual; ``Int8DenseLinear`` runs oneDNN's int8 GEMM
 (``torch.ops.onednn.qlinear_pointwise``, u8 x s8 with int32 sums) and the same epilogue as torch ops; its
-activations keep 7 bits (``DENSE_XMAX``). ``torch._int_mm`` is no option on this CPU: 590 ms for
+activations keep 7 bits (``DENSE_XMAX``) above knob ``int8_dense_split_max_n`` rows; at or below it they keep
+8 bits, split exactly into two 7-bit halves stacked into one GEMM. ``torch._int_mm`` is no option on this CPU: 590 ms for
 128x768x3072, 40x torch's f32 GEMM (measured, 1 thread).
 
 Each module measures its own quantization error once, on the compile's example inputs
@@ -21,6 +22,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from sparsec import knobs
 from sparsec.codegen.mlir import emit_int8
 from sparsec.codegen.mlir.jit import ArgRef, numpy_descriptor, torch_descriptor
 from sparsec.codegen.spec import KernelSpec
@@ -209,8 +211,8 @@ class Int8DenseLinear(_Measured, SparseModule):
         self._prepack()
 
     def int32_sums(self, xq: torch.Tensor) -> torch.Tensor:
-        """``Xq Wq^T`` of an int8 [n, in] input with values in [-DENSE_XMAX, DENSE_XMAX], as float32 (the
-        int32 sums, exact while they stay below 2**24)."""
+        """``Xq Wq^T`` of an int8 [n, in] input with values in [-DENSE_XMAX - 1, DENSE_XMAX + 1], as float32
+        (the int32 sums, exact while they stay below 2**24)."""
         xu = (xq.to(torch.int16) + (DENSE_XMAX + 1)).to(torch.uint8)
         return torch.ops.onednn.qlinear_pointwise(xu, 1.0, DENSE_XMAX + 1, self._packed, self._ones, self._zp,
                                                   None, 1.0, 0, torch.float32, "none", [], "")
@@ -225,8 +227,16 @@ class Int8DenseLinear(_Measured, SparseModule):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         r2 = residual.reshape(-1, self.out_features) if residual is not None else None
-        if x2.shape[0] == 0:
+        n = x2.shape[0]
+        if n == 0:
             y = torch.zeros(0, self.out_features)
+        elif n <= knobs.get("int8_dense_split_max_n"):
+            # 8-bit activations, exactly: xq = a + b with a = floor(xq / 2) in [-64, 63] and b in [-63, 64]
+            # both fit the 7-bit path; one GEMM on [a; b] streams the weight once (small N is bytes-bound)
+            xq, sx = quantize_rows(x2)
+            a = torch.div(xq, 2, rounding_mode="floor").to(torch.int8)
+            both = self.int32_sums(torch.cat([a, (xq - a).to(torch.int8)]))
+            y = (both[:n] + both[n:]).mul_(sx[:, None]).mul_(self.weight_scale)
         else:
             xq, sx = quantize_rows(x2, DENSE_XMAX)
             y = self.int32_sums(xq).mul_(sx[:, None]).mul_(self.weight_scale)

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsec import sparse_compile
+from sparsec import knobs, sparse_compile
 from sparsec.errors import InputError
 from sparsec.formats import registry
 from sparsec.targets.cpu.int8_linear import (
@@ -74,19 +74,26 @@ def test_int8_csr_sums_exactly_in_int32(rows, cols, n, density, threads, extreme
 @given(
     rows=st.integers(1, 40),
     cols=st.integers(1, 60),
-    n=st.sampled_from([1, 3, 16, 21]),
+    n=st.sampled_from([1, 3, 16, 17, 21]),
     extremes=st.booleans(),
     seed=st.integers(0, 10_000),
 )
 def test_int8_dense_sums_exactly_in_int32(rows, cols, n, extremes, seed):
+    """Small N keeps 8-bit activations (two exact 7-bit halves), larger N quantizes them to 7 bits."""
     w = _int_matrix(rows, cols, 1.0, QMAX, seed, extremes)
-    x = _int_matrix(n, cols, 1.0, DENSE_XMAX, seed + 1, extremes)
+    qmax = _dense_xmax(n)
+    x = _int_matrix(n, cols, 1.0, qmax, seed + 1, extremes)
     layer = Int8DenseLinear("d", w, None, None, False)
-    xq, sx = quantize_rows(x, DENSE_XMAX)
+    xq, sx = quantize_rows(x, qmax)
     assert torch.equal(sx, torch.ones(n))
-    assert torch.equal(layer.int32_sums(xq), _int_reference(xq, layer.weight_q))
+    x7 = _int_matrix(n, cols, 1.0, DENSE_XMAX, seed + 2, extremes)
+    assert torch.equal(layer.int32_sums(x7.to(torch.int8)), _int_reference(x7, layer.weight_q))
     with torch.no_grad():
         assert torch.equal(layer(x), _int_reference(x, w))
+
+
+def _dense_xmax(n: int) -> int:
+    return QMAX if n <= knobs.get("int8_dense_split_max_n") else DENSE_XMAX
 
 
 @settings(max_examples=30, deadline=None)
@@ -113,7 +120,7 @@ def test_int8_epilogue_dequantizes_and_matches_fp32(dense, rows, cols, n, densit
     with torch.no_grad():
         got = layer(x, r) if residual else layer(x)
     assert not torch.isnan(got).any(), "an output element was never written"
-    xq, sx = quantize_rows(x, DENSE_XMAX if dense else QMAX)
+    xq, sx = quantize_rows(x, _dense_xmax(n) if dense else QMAX)
     wq, sw = quantize_rows(w)
     acc = _int_reference(xq, wq) * sx[:, None] * sw[None, :]
     want = reference(acc, torch.eye(rows), b, act, r)
