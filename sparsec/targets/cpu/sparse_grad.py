@@ -28,6 +28,7 @@ nnz-long array that stays in cache). Nothing is allocated, and no Python loop ru
 from __future__ import annotations
 
 import contextvars
+import functools
 import weakref
 
 import numpy as np
@@ -79,8 +80,7 @@ class Trainable:
         self.pattern = torch.zeros(module.out_features * module.in_features)
         self.pattern[self.flat] = 1.0
         self.pattern = self.pattern.view(module.out_features, module.in_features)
-        self.rows = self.flat // module.in_features
-        self.cols = self.flat % module.in_features
+        self._in_features = module.in_features
         self.shared = all(slots is None for _, slots, _, _ in self.maps)
         values = np.empty(start, dtype=np.float32)
         self.stored = torch.from_numpy(values)
@@ -95,6 +95,17 @@ class Trainable:
         self.kernel = self.shared and csr_backward.supports(module)
         self.transposed = None  # (SparseLinear of W^T in CSR, per slab (its values, index into ``stored``))
         self.twin = None
+
+    @functools.cached_property
+    def rows(self) -> torch.Tensor:
+        """The row of every stored position in ``flat`` order (the torch dW gather of formats without an SDDMM
+        kernel; computed on first use, not on the first grad-enabled call)."""
+        return self.flat // self._in_features
+
+    @functools.cached_property
+    def cols(self) -> torch.Tensor:
+        """The column of every stored position in ``flat`` order."""
+        return self.flat % self._in_features
 
 
 def _values(packed) -> torch.Tensor:
