@@ -27,6 +27,11 @@ def test_pieces_on_a_small_mlp():
     assert bt.refresh_cost(cm) >= 0
     assert cm._primary is compiled  # steps refreshed values, no recompile
     assert torch.equal(model[0].weight != 0, masked[0].parametrizations.weight.original != 0)
+    assert bt.mask_change_cost(cm, model) >= 0
+    assert cm._primary is compiled  # the mask change re-packed one layer in place
+    mod = next(m for m in cm.graph_module.modules() if getattr(m, "train_refs", None) is not None)
+    assert mod.pattern is not None and mod.stored == int(mod.pattern.sum())
+    step()  # training goes on with the new pattern
 
 
 def test_report_flags_load_and_targets():
