@@ -85,6 +85,11 @@ def _speedup_plot(plt, rep: ProfileReport, compiled: Report | None, path: Path) 
         ax.scatter([], [], marker="x", color="black", label="compiled layer, cost model")
         ax.scatter([], [], marker="o", facecolors="none", edgecolors="red", label="compiled layer, autotune measured")
     ax.axhline(1.0, color="gray", linewidth=0.8)
+    xs = [p[0] for pts in series.values() for p in pts] + [r.density for r in (compiled.layers if compiled is not None else [])]
+    if xs and max(xs) - min(xs) < 0.05:  # layers pruned alike: a readable window, not a 1e-7 axis with an offset
+        mid = (max(xs) + min(xs)) / 2
+        ax.set_xlim(max(0.0, mid - 0.05), min(1.0, mid + 0.05))
+    ax.ticklabel_format(axis="x", useOffset=False)
     ax.set_xlabel("weight density")
     ax.set_ylabel("speedup over dense")
     ax.set_yscale("log")
