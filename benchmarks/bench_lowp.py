@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         s, d = _case(decode, 1, 0.5, "csr", threads, rounds, 3, args.cpu_time)
         rows.append(("bf16, 4096x11008 + 11008x4096, N = 1, 50% unstructured (csr)", s, d, 1.6,
                      "csr stores 2 B value + 2 B index per nonzero = 2 B per weight at 50%, what dense bf16 reads; "
-                     "a bitmap format is not built"))
+                     "the selector picks the bitmap format here instead: benchmarks/bench_decode.py"))
     layers = 2 if args.quick else 12
     q = _int8_case(layers, threads, rounds, args.cpu_time) if "int8" in cases else None
     load1 = os.getloadavg()
