@@ -66,24 +66,9 @@ def prune_2_4_(w: torch.Tensor) -> None:
     g.scatter_(2, drop, 0)
 
 
-def _clock(cpu_time: bool):
-    return time.process_time if cpu_time else time.perf_counter
-
-
-def time_interleaved(fns: dict, rounds: int, reps: int, cpu_time: bool) -> dict[str, float]:
-    """Median seconds per call of each fn, rounds interleaved in rotating order."""
-    clock = _clock(cpu_time)
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for fn in fns.values():
-        fn()
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            t = clock()
-            for _ in range(reps):
-                fns[k]()
-            times[k].append((clock() - t) / reps)
-    return {k: statistics.median(v) for k, v in times.items()}
+# the interleaved timer bench_lowp uses: the two 16-bit benchmarks time alike
+from benchmarks.bench_lowp import _clock  # noqa: E402
+from benchmarks.bench_lowp import _time_pair as time_interleaved  # noqa: E402
 
 
 def layer_rows(shapes, threads: int, rounds: int, cpu_time: bool) -> list[tuple]:
