@@ -17,6 +17,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from sparsec.errors import CaptureError
+from sparsec.runtime import trace_gate
 
 log = logging.getLogger("sparsec")
 
@@ -44,7 +45,15 @@ def _auto_dims(args: tuple):
 
 
 def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True) -> Captured:
-    """Export ``model`` (in eval mode; its training flag is restored afterwards)."""
+    """Export ``model`` (in eval mode; its training flag is restored afterwards).
+
+    Holds the trace gate: export patches ``nn.Module.__call__`` process-wide, so compiled models running in
+    other threads wait for it (sparsec/runtime/trace_gate.py)."""
+    with trace_gate.tracing():
+        return _capture(model, args, kwargs, dynamic)
+
+
+def _capture(model: torch.nn.Module, args: tuple, kwargs: dict | None, dynamic: bool) -> Captured:
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"sparse_compile needs a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(args, tuple):

@@ -29,7 +29,7 @@ from sparsec.compiler.pipeline import PASSES, STAGES, build_report, layers_of, r
 from sparsec.compiler.variant import Variant
 from sparsec.errors import CaptureError, InputError
 from sparsec.report.report import Report
-from sparsec.runtime import finite, training
+from sparsec.runtime import finite, trace_gate, training
 from sparsec.targets import get_target
 from sparsec.targets.cpu.threads import default_threads
 
@@ -263,7 +263,8 @@ class CompiledModel(torch.nn.Module):
             eager = self._eager
         if eager and eager[0].training == self._eager_training:
             try:
-                return eager[0](*args, **kwargs)
+                with trace_gate.running():
+                    return eager[0](*args, **kwargs)
             except Exception:  # noqa: BLE001 - the graph path below raises the InputError that names the problem
                 pass
         with self._lock:
@@ -283,8 +284,10 @@ class CompiledModel(torch.nn.Module):
         return self._run(variant, flat)
 
     def _run(self, variant: Variant, flat: list):
-        """Run a variant; when grad is required and it cannot give gradients, its outputs raise on backward."""
-        out = variant(flat)
+        """Run a variant; when grad is required and it cannot give gradients, its outputs raise on backward.
+        Holds the trace gate shared: a capture in another thread would intercept the graph's module calls."""
+        with trace_gate.running():
+            out = variant(flat)
         if variant.trainable or not torch.is_grad_enabled():
             return out
         anchor = next((t for t in (*flat, *self._params) if isinstance(t, torch.Tensor) and t.requires_grad), None)

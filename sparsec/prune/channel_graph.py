@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from sparsec.runtime import trace_gate
+
 PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # Element-wise or spatial-only modules with f(0) = 0 per channel: a zeroed channel stays zero.
@@ -61,8 +63,9 @@ class ChannelGroup:
 class _Builder:
     def __init__(self, model: nn.Module, example_inputs: tuple) -> None:
         self.modules = dict(model.named_modules())
-        self.gm = fx.symbolic_trace(model)
-        ShapeProp(self.gm).propagate(*example_inputs)
+        with trace_gate.tracing():  # symbolic_trace patches nn.Module.__call__ process-wide
+            self.gm = fx.symbolic_trace(model)
+            ShapeProp(self.gm).propagate(*example_inputs)
         self.graph = nx.Graph()  # nodes: channel spaces; edges: "must share a channel mask"
         self.space: dict[fx.Node, tuple] = {}  # fx node -> (space, channel dim, repeat)
         self.module_in: dict[str, tuple] = {}

@@ -12,6 +12,8 @@ from tests.models import zoo
 
 
 def _hammer(cm, inputs: list, results: dict, key: int) -> None:
+    # grad mode is per thread: these calls run with grad enabled (the training path's first-call setup
+    # races with the other threads' inference calls)
     try:
         results[key] = [cm(*x) for x in inputs]
     except Exception as exc:  # surfaced by the main thread's assertion
@@ -45,3 +47,49 @@ def test_two_threads_share_one_compiled_model():
                 if hasattr(want, "last_hidden_state"):
                     got, want = got.last_hidden_state, want.last_hidden_state
                 assert_close(got, want)
+
+
+def test_a_compile_in_one_thread_does_not_break_runs_in_another():
+    """Compiling (torch.export, which patches nn.Module.__call__ process-wide while it traces) in one thread
+    while another keeps running a compiled model: both give eager's results (runtime/trace_gate.py makes
+    the runs wait for the trace)."""
+    model, inputs = zoo.bert(hidden=64, inter=128, seq=12)
+    cm = sparsec.sparse_compile(model, inputs, target="cpu", force_format="csr", threads=2, calibrate=False)
+    xs = [zoo.bert_inputs(2, 12, seed=s) for s in range(4)]
+    results: dict = {0: []}
+    compiling = threading.Event()
+    compiling.set()
+
+    def run() -> None:  # keeps calling until the other thread's compiles are over
+        try:
+            with torch.no_grad():
+                while compiling.is_set():
+                    results[0].extend((x, cm(*x)) for x in xs)
+        except Exception as exc:  # surfaced by the main thread's assertion
+            results[0] = exc
+
+    def compile_others() -> None:
+        try:
+            for width in (8, 12):
+                cnn, (img,) = zoo.cnn(width=width)
+                other = sparsec.sparse_compile(cnn, (img,), target="cpu", force_format="csr", min_weight_numel=0,
+                                               calibrate=False)
+                with torch.no_grad():
+                    assert_close(other(img), cnn(img))
+            results[1] = True
+        except Exception as exc:  # surfaced by the main thread's assertion
+            results[1] = exc
+        finally:
+            compiling.clear()
+
+    threads = [threading.Thread(target=run), threading.Thread(target=compile_others)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[1] is True, results[1]
+    assert not isinstance(results[0], Exception), results[0]
+    assert results[0], "the running thread made no call"
+    with torch.no_grad():
+        for x, got in results[0]:
+            assert_close(got.last_hidden_state, model(*x).last_hidden_state)

@@ -51,10 +51,13 @@ class ArgRef:
     cost to the few arguments that do (activation, residual, output).
     """
 
-    __slots__ = ("desc", "holder", "address")
+    __slots__ = ("desc", "holder", "address", "owner")
 
-    def __init__(self, desc) -> None:
+    def __init__(self, desc, owner: object = None) -> None:
         self.desc = desc
+        # the memory the descriptor points at, kept alive while this argument is (a call in flight in
+        # another thread keeps using the buffers a re-pack or value refresh has just replaced)
+        self.owner = owner
         self.holder = ctypes.c_void_p(ctypes.addressof(desc))
         self.address = ctypes.addressof(self.holder)
 

@@ -156,16 +156,25 @@ class SparseLinear(SparseModule):
         return kernel_dtype(weight.dtype, self.fmt) if weight.is_floating_point() else "f32"
 
     def _bind(self) -> None:
-        """The kernels' argument descriptors of the packed buffers (raw pointers: never pickled)."""
-        own = len(self.fmt.lmap.buffer_names())  # the format's buffers; a tile-position buffer follows them
-        self._fixed_args = [[ArgRef(numpy_descriptor(a)) for a in bufs[:own]] for bufs in self._kernel_buffers]
-        self._tile_args = [ArgRef(numpy_descriptor(bufs[own])) for bufs in self._kernel_buffers if len(bufs) > own]
-        self._bias_args = [ArgRef(torch_descriptor(b)) if b is not None else None for _, b, _ in self.slabs]
-        self._kernels: dict[int, list[CompiledKernel]] = {}
-        #: n -> prepared call of the natural kernels (``_plan``); its descriptors are rewritten per call, so
-        #: one call at a time uses it (``_plan_lock``; a concurrent call builds its own arguments)
-        self._plans: dict[int, _Plan] = {}
-        self._plan_lock = threading.Lock()
+        """The kernels' argument descriptors of the packed buffers (raw pointers: never pickled).
+
+        A re-bind (value refresh, re-pack) waits for a prepared call in flight (``_plan_lock``), so no plan
+        built on the old buffers outlives it; a general-path call in flight keeps the old buffers alive
+        through its arguments' owners and finishes on the old values."""
+        lock = self.__dict__.get("_plan_lock")
+        if lock is None:
+            #: n -> prepared call of the natural kernels (``_plan``); its descriptors are rewritten per
+            #: call, so one call at a time uses it (a concurrent call builds its own arguments)
+            self._plan_lock = lock = threading.Lock()
+        with lock:
+            own = len(self.fmt.lmap.buffer_names())  # the format's buffers; a tile-position buffer follows
+            self._fixed_args = [[ArgRef(numpy_descriptor(a), a) for a in bufs[:own]]
+                                for bufs in self._kernel_buffers]
+            self._tile_args = [ArgRef(numpy_descriptor(bufs[own]), bufs[own])
+                               for bufs in self._kernel_buffers if len(bufs) > own]
+            self._bias_args = [ArgRef(torch_descriptor(b), b) if b is not None else None for _, b, _ in self.slabs]
+            self._kernels: dict[int, list[CompiledKernel]] = {}
+            self._plans: dict[int, _Plan] = {}
 
     #: what a saved model does not store: descriptors and kernel handles (rebuilt on load), training state
     #: (rebuilt on the first backward)
