@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsec import sparse_compile
+from sparsec import knobs, sparse_compile
 from sparsec.codegen.mlir import emit_bitmap
 from sparsec.errors import FormatError, InputError
 from sparsec.formats import registry
@@ -37,6 +37,23 @@ def _check(fmt: str, w, dtype, n, bias, act, residual, threads, seed, lead=()):
     got = layer(x, r) if residual else layer(x)
     want = reference(x.float(), w.float(), b, act, r.float() if r is not None else None).to(dtype)
     assert_close_lowp(got, want, dtype)
+
+
+@pytest.mark.parametrize("fmt", ["bitmap", "nm2:4c"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads,n,residual", [(2, 1, False), (3, 2, True), (5, 9, False)])
+@pytest.mark.parametrize("omp_dispatch", [False, True])
+def test_slabs_in_parallel_match_dense(fmt, dtype, threads, n, residual, omp_dispatch):
+    """The slabs run concurrently (parallel_min_work=0) on libgomp's threads (omp_dispatch, the default:
+    torch's spinning OpenMP workers would otherwise share the cores with a pool thread) or on the pool;
+    more slabs than OpenMP threads too, the last slab zero-padded (rows not a multiple of 8)."""
+    rows, cols = 8 * threads * 3 - 5, 72
+    w = random_weight(rows, cols, 0.5, 7)
+    if fmt == "nm2:4c":
+        g = w.view(rows, -1, 4)
+        g.scatter_(2, g.abs().argsort(dim=2)[:, :, :2], 0)
+    with knobs.scope(omp_dispatch=omp_dispatch, parallel_min_work=0, poison_outputs=True):
+        _check(fmt, w.to(dtype), dtype, n, True, "silu", residual, threads, 3)
 
 
 @settings(max_examples=40, deadline=None)
