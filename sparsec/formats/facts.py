@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sparsec import knobs
+
 NM_PATTERNS = ((2, 4), (1, 4), (4, 8))
 BLOCK_SIZES = (8, 16, 32)
 
@@ -32,6 +34,9 @@ class WeightFacts:
     block_nonzero: dict[int, int] = field(default_factory=dict)  # b -> count of b x b blocks not all zero
     zero_rows: int = 0
     zero_cols: int = 0
+    # b -> (fill threshold, b x b blocks at least that full, nonzeros inside them): the hybrid format's split
+    # (sparsec/formats/hybrid.py) at knob ``hybrid_block_fill`` when measured; read with getattr (older pickles)
+    hybrid_blocks: dict[int, tuple[float, int, int]] = field(default_factory=dict)
 
     @property
     def numel(self) -> int:
@@ -103,4 +108,22 @@ def compute_facts(weight: torch.Tensor) -> WeightFacts:
         real = blocks[: -(-out_f // b), : -(-in_f // b)]
         facts.block_nonzero[b] = int(np.count_nonzero(real))
         facts.block_fill[b] = facts.block_nonzero[b] / max(real.size, 1)
+    fill = float(knobs.get("hybrid_block_fill"))
+    for b in HYBRID_BLOCKS:
+        counts = block_counts(nz, b)
+        full = counts >= fill * b * b
+        facts.hybrid_blocks[b] = (fill, int(np.count_nonzero(full)), int(counts[full].sum()))
     return facts
+
+
+#: block sizes the hybrid format splits at (its dense part runs the vector BSR kernel)
+HYBRID_BLOCKS = (8, 16)
+
+
+def block_counts(nz: np.ndarray, b: int) -> np.ndarray:
+    """Nonzeros of every b x b block of the bool matrix ``nz`` (zero-padded to whole blocks): [rows/b, cols/b]."""
+    r, c = nz.shape
+    rp, cp = -(-r // b) * b, -(-c // b) * b
+    padded = np.zeros((rp, cp), dtype=np.int32)
+    padded[:r, :c] = nz
+    return padded.reshape(rp // b, b, cp // b, b).sum(axis=(1, 3))

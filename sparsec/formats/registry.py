@@ -9,6 +9,7 @@ from sparsec.formats.bsr import DEFAULT_BLOCKS
 from sparsec.formats.coo import COO
 from sparsec.formats.csr import CSR
 from sparsec.formats.dense import Dense
+from sparsec.formats.hybrid import DEFAULT_HYBRIDS
 from sparsec.formats.levels import parse_level_map
 from sparsec.formats.nm import NM
 
@@ -54,5 +55,5 @@ def get_format(label: str) -> SparseFormat:
         raise FormatError(f"no format {label!r}; registered: {sorted(_REGISTRY)}") from None
 
 
-for _f in (Dense(), CSR(), Bitmap(), *DEFAULT_BLOCKS, NM(2, 4), NM(1, 4), NM(4, 8), NM24Compact(), COO()):
+for _f in (Dense(), CSR(), Bitmap(), *DEFAULT_BLOCKS, *DEFAULT_HYBRIDS, NM(2, 4), NM(1, 4), NM(4, 8), NM24Compact(), COO()):
     register_format(_f)

@@ -17,6 +17,7 @@ from torch.fx import GraphModule
 from sparsec import knobs
 from sparsec.compiler.context import CompileContext
 from sparsec.formats import registry
+from sparsec.passes.matmul_like import get_constant
 from sparsec.passes.operand_kinds import kind as operand_kind
 
 _DENSE = "dense"
@@ -43,7 +44,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         elif facts.numel < ctx.options.min_weight_numel:
             layer.format, layer.reason = _DENSE, f"small weight ({facts.numel} < {ctx.options.min_weight_numel} entries)"
         else:
-            _choose(layer, ctx, ctx.target.layer_machine(layer, ctx))
+            _choose(layer, ctx, ctx.target.layer_machine(layer, ctx), _requires_grad(gm, layer))
         _pin(layer, ctx)
         layer.verify = _needs_measurement(layer, ctx)
         lines.append(f"{node.name}: {layer.name} -> {layer.format} ({layer.reason})")
@@ -76,10 +77,20 @@ def _pin(layer, ctx: CompileContext) -> None:
         layer.format, layer.reason = want, f"{want}: the saved artifact's choice"
 
 
-def _choose(layer, ctx: CompileContext, machine) -> None:
+def _requires_grad(gm: GraphModule, layer) -> bool:
+    """Whether the layer's weight is a tensor that requires grad (formats without a training path skip it)."""
+    try:
+        return bool(get_constant(gm, layer.m.weight).requires_grad)
+    except (AttributeError, KeyError, TypeError):
+        return False
+
+
+def _choose(layer, ctx: CompileContext, machine, requires_grad: bool = False) -> None:
     facts, n = layer.facts, layer.n
     for fmt in _candidates(ctx):
         why_not = fmt.accepts_layer(layer.dtype, layer.m.kind, ctx.target.name) or fmt.accepts(facts)
+        if why_not is None and requires_grad and not getattr(fmt, "trains", True):
+            why_not = f"{fmt.label} has no training path and this weight requires grad (compile under no_grad params)"
         if why_not is None and fmt.label != _DENSE:
             why_not = ctx.target.rejects(layer, fmt)  # e.g. no Triton kernel reads this level map
         if why_not is None and layer.quantize and fmt.label != _DENSE:

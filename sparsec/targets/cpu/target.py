@@ -113,8 +113,9 @@ class CpuTarget(Target):
     def _own_module(self, fmt: SparseFormat) -> type[SparseModule]:
         """The runtime module class of a format that brings its own kernels (``fmt.own_kernels``)."""
         from sparsec.targets.cpu.compact_linear import CompactLinear
+        from sparsec.targets.cpu.hybrid_linear import HybridLinear
 
-        families = {"bitmap": CompactLinear}
+        families = {"bitmap": CompactLinear, "hybrid": HybridLinear}
         if fmt.own_kernels not in families:
             raise NotImplementedError(f"format {fmt.label!r}: the CPU target has no {fmt.own_kernels!r} kernels "
                                       f"(known: {', '.join(families)})")
