@@ -66,6 +66,8 @@ _TABLE: tuple[Knob, ...] = (
     Knob("parallel_min_work", int, 2_000_000, None, "CPU: below this work a call runs on one thread"),
     Knob("omp_dispatch", bool, True, None,
          "CPU: slabs run on torch's libgomp threads (its spinning workers), not on a second thread pool"),
+    Knob("steal_dispatch", bool, True, None,
+         "CPU: the caller and pool threads steal slabs off one counter; no wait for a thread that is not running"),
     Knob("bsr_vector_kernel", bool, True, None,
          "CPU BSR layers run the hand-scheduled natural-layout kernel (False: the sparsifier's)"),
     Knob("hybrid_block_fill", float, 0.5, None,

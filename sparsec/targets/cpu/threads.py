@@ -40,15 +40,20 @@ def run_parallel(tasks: list) -> None:
 def run_kernels(calls: list[tuple]) -> None:
     """Run ``(kernel, argument refs, buffers to keep alive)`` calls in parallel and return when all ran.
 
-    On torch's own OpenMP threads when the process has GNU libgomp (sparsec/targets/cpu/omp.py: its
-    workers spin for work after torch's ops, and would compete with a second pool for the cores), else
-    on the pool."""
+    By default the caller and pool threads steal the calls off one counter (sparsec/targets/cpu/steal.py:
+    the caller never waits for a thread that another process keeps off its core); with knob
+    ``steal_dispatch`` off, on torch's own OpenMP threads when the process has GNU libgomp
+    (sparsec/targets/cpu/omp.py: its workers spin for work after torch's ops, and would compete with a
+    second pool for the cores), else on the pool."""
     if len(calls) == 1:
         calls[0][0].call_refs(calls[0][1])
         return
     from sparsec import knobs
-    from sparsec.targets.cpu import omp
+    from sparsec.targets.cpu import omp, steal
 
+    if knobs.get("steal_dispatch") and steal.available():
+        steal.run_calls([(c[0], c[1]) for c in calls], len(calls) - 1)
+        return
     if knobs.get("omp_dispatch") and omp.available():
         omp.run_calls([(c[0], c[1]) for c in calls], len(calls))
         return
