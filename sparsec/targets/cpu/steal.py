@@ -92,12 +92,11 @@ def available() -> bool:
     return _init() is not None
 
 
-def run_calls(calls: list, helpers: int) -> None:
-    """Call every ``(kernel, argument refs)`` of ``calls`` on this thread and up to ``helpers`` pool threads;
-    returns when every call finished (a helper may return later, finding nothing left). The caller keeps
-    the arguments' buffers alive (``available()`` must be True)."""
-    from sparsec.targets.cpu.threads import pool
-
+def run_calls(calls: list, helpers: int, executor) -> None:
+    """Call every ``(kernel, argument refs)`` of ``calls`` on this thread and up to ``helpers`` threads of
+    ``executor`` (a concurrent.futures executor); returns when every call finished (a helper may return
+    later, finding nothing left). The caller keeps the arguments' buffers alive (``available()`` must be
+    True)."""
     helper, caller, _ = _init()
     data = (ctypes.c_void_p * (3 + 2 * len(calls)))()
     data[0], data[1], data[2] = len(calls), 0, 0
@@ -112,7 +111,6 @@ def run_calls(calls: list, helpers: int) -> None:
     argv = (ctypes.c_void_p * 1)(ctypes.addressof(holder))
     keep = (data, packs, holder, argv)  # a helper that starts late still reads the counters: keep them alive
     workers = min(helpers, len(calls) - 1)
-    ex = pool(workers)
     for _ in range(workers):
-        ex.submit(lambda k=keep: helper(ctypes.addressof(k[3])))
+        executor.submit(lambda k=keep: helper(ctypes.addressof(k[3])))
     caller(ctypes.addressof(argv))

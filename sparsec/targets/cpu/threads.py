@@ -52,7 +52,7 @@ def run_kernels(calls: list[tuple]) -> None:
     from sparsec.targets.cpu import omp, steal
 
     if knobs.get("steal_dispatch") and steal.available():
-        steal.run_calls([(c[0], c[1]) for c in calls], len(calls) - 1)
+        steal.run_calls([(c[0], c[1]) for c in calls], len(calls) - 1, pool(len(calls) - 1))
         return
     if knobs.get("omp_dispatch") and omp.available():
         omp.run_calls([(c[0], c[1]) for c in calls], len(calls))
