@@ -103,7 +103,7 @@ def build_report(gm: GraphModule, notes: list[str] | None = None) -> Report:
             dense_flops=2 * n * out_f * in_f, sparse_flops=2 * n * stored,
             dense_bytes=el * out_f * in_f, sparse_bytes=int(sparse_bytes),
             dtype=layer.quantize or str(layer.dtype).replace("torch.", ""), activation_bytes=el * n * (in_f + out_f),
-            quant_error=getattr(module, "quant_error", None),
+            quant_error=layer.quant_error,
             fit=fit_from_facts(layer.facts),
             predicted_dense_us=pred_dense * 1e6, predicted_us=pred * 1e6, reason=layer.reason, fused=fused,
             measured_dense_us=layer.measured["dense"] * 1e6 if "dense" in layer.measured else None,

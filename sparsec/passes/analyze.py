@@ -42,6 +42,7 @@ class SparseLayer:
     residual_index: int | None = None  # set by fuse: which operand of the last fused add is the residual
     fused_nodes: list = field(default_factory=list)  # nodes the kernel absorbs after the matmul
     quantize: str | None = None  # set by select: "int8" when this layer runs quantized (CompileOptions.quantize)
+    quant_error: float | None = None  # set by lower: the int8 error measured on the example inputs
     module_name: str | None = None  # set by lower: the SparseLinear submodule that runs the group
     module: object = None
 

@@ -35,6 +35,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
     graph, lines = gm.graph, []
     nodes = [node for node in graph.nodes if node.meta.get("sparsec") is not None]
     bar = progress(nodes, "sparsec compile kernels")
+    quantized = []  # (layer, fmt, weight, bias, has_residual) of the int8 layers, for the float32 fallback
     for node in bar:
         layer = node.meta["sparsec"]
         if layer.format == "dense" and not layer.quantize:
@@ -47,6 +48,7 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         weight = effective_weight(gm, m)
         if layer.quantize:  # select quantizes float32 Linear layers only on a target with quantize_modes
             module = ctx.target.quantized_module(layer, fmt, weight, bias, threads)
+            quantized.append((layer, fmt, weight, bias, layer.residual is not None))
         else:
             module = ctx.target.module(layer, fmt, weight, bias, threads)
         _link_parameters(gm, ctx, m, module)
@@ -68,12 +70,31 @@ def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
         layer.module = module
         module.prepare(layer.n)  # compile the example shape's kernels now (MLIR; Triton compiles on call)
         lines.append(f"{node.name}: {layer.name} ({layer.format}) -> {mod_name} ({type(module).__name__})")
-    ctx.summaries["lower"] = "\n".join(lines)
     graph.lint()
     gm.recompile()
     if ctx.options.quantize and ctx.example_inputs:  # each int8 layer's error on the example inputs (report)
         ctx.target.measure_quantization(gm, ctx.example_inputs)
+        lines += _keep_float(gm, ctx, quantized, threads)
+    ctx.summaries["lower"] = "\n".join(lines)
     return gm
+
+
+def _keep_float(gm: GraphModule, ctx: CompileContext, quantized: list, threads: int) -> list[str]:
+    """Record each int8 layer's measured error; one above ``options.quantize_max_error`` runs in float32
+    (the target's ``float_module`` of the same format and fused epilogue replaces its int8 module)."""
+    bound, lines = ctx.options.quantize_max_error, []
+    for layer, fmt, weight, bias, has_residual in quantized:
+        layer.quant_error = err = getattr(layer.module, "quant_error", None)
+        if bound is None or err is None or err <= bound:
+            continue
+        module = ctx.target.float_module(layer, fmt, weight, bias, has_residual, threads)
+        setattr(gm, layer.module_name, module)
+        module.prepare(layer.n)
+        layer.module, layer.quantize = module, None
+        layer.reason = (f"kept float32: its int8 error {err:.2%} > quantize_max_error {bound:.2%}; "
+                        f"{layer.reason}")
+        lines.append(f"{layer.name}: int8 error {err:.2%} > {bound:.2%}: {type(module).__name__} (float32)")
+    return lines
 
 
 def _link_parameters(gm: GraphModule, ctx: CompileContext, m, module) -> None:

@@ -43,6 +43,7 @@ class LayerReport:
     activation_bytes: int = 0
     fit: dict | None = None
     #: quantize="int8": max |y_int8 - y_fp32| / max |y_fp32| of this layer's output on the example inputs
+    #: (also for a layer kept float32 because it was above ``quantize_max_error``: then dtype is float32)
     quant_error: float | None = None
 
     @property
@@ -123,7 +124,7 @@ class Report:
                 f"{r.dense_bytes / 1024:.0f}", f"{r.sparse_bytes / 1024:.0f}", f"{r.bytes_moved / 1e6:.3f}",
                 f"{r.energy_uj:.1f}", f"{r.est_speedup:.2f}", meas, _pct(fit.get("nm", {}).get("2:4")),
                 _pct(fit.get("block_occupancy", {}).get(16)), _pct(fit.get("empty_rows")), fit.get("needs", "-"),
-                r.fused or "-", "-" if r.quant_error is None else f"{r.dtype} {r.quant_error:.2%}", r.reason,
+                r.fused or "-", _quant_error(r), r.reason,
             ])
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
@@ -147,3 +148,10 @@ class Report:
 
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.0%}"
+
+
+def _quant_error(r: LayerReport) -> str:
+    """The ``q err`` cell: the measured int8 error, and the dtype the layer kept when it was too large."""
+    if r.quant_error is None:
+        return "-"
+    return f"int8 {r.quant_error:.2%}" if r.dtype == "int8" else f"{r.dtype} (int8 {r.quant_error:.2%})"

@@ -173,3 +173,10 @@ class Target:
     def measure_quantization(self, gm, inputs: tuple) -> None:
         """Run the lowered ``gm`` once so each quantized module records its error (the report's column)."""
         raise NotImplementedError(f"target {self.name!r} has no quantized layers")
+
+    def float_module(self, layer, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
+                     has_residual: bool, threads: int) -> torch.nn.Module:
+        """The unquantized module replacing a quantized layer whose measured error is above
+        ``quantize_max_error`` (``fmt`` dense included; same call signature and fused epilogue; lower calls
+        it after the fused nodes left the graph, so ``has_residual`` says whether a residual is added)."""
+        raise NotImplementedError(f"target {self.name!r} has no quantized layers")

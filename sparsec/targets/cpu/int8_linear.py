@@ -248,6 +248,31 @@ class Int8DenseLinear(_Measured, SparseModule):
         return f"{self.layer_name}: {self.in_features}->{self.out_features} int8 dense (oneDNN qlinear)"
 
 
+class Float32Linear(SparseModule):
+    """A dense layer kept in float32 because its int8 error was above ``quantize_max_error``: torch's f32
+    linear and the epilogue the int8 module had fused (bias, activation, residual)."""
+
+    def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
+                 has_residual: bool) -> None:
+        super().__init__()
+        self.layer_name = name
+        self.out_features, self.in_features = weight.shape
+        self.activation, self.has_residual = activation, has_residual
+        self.weight = weight.detach().float().clone()
+        self.bias = None if bias is None else bias.detach().float().clone()
+        self.stored = int(weight.numel())
+        self.nbytes = 4 * self.stored
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(x W^T + bias) + residual`` in float32 (x [..., in] float32)."""
+        if x.dtype != torch.float32:
+            raise InputError(f"{self.layer_name}: input dtype {x.dtype}, this layer takes float32")
+        return _epilogue(torch.nn.functional.linear(x, self.weight), self.bias, self.activation, residual)
+
+    def extra_repr(self) -> str:
+        return f"{self.layer_name}: {self.in_features}->{self.out_features} float32 dense (int8 error too large)"
+
+
 def int8_module(name: str, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
                 activation: str | None, has_residual: bool, threads: int) -> torch.nn.Module:
     """The int8 runtime module of a layer select gave format ``fmt`` (CSR or dense)."""

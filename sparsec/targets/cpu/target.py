@@ -103,6 +103,17 @@ class CpuTarget(Target):
 
         measure_errors(gm, inputs)
 
+    def float_module(self, layer, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
+                     has_residual: bool, threads: int) -> torch.nn.Module:
+        """The f32 SparseLinear of ``fmt`` (int8 layers are plain Linears in CSR), or Float32Linear for a
+        dense layer."""
+        from sparsec.targets.cpu.int8_linear import Float32Linear
+        from sparsec.targets.cpu.sparse_linear import SparseLinear
+
+        if fmt.label == "dense":
+            return Float32Linear(layer.name, weight, bias, layer.activation, has_residual)
+        return SparseLinear(layer.name, fmt, weight, bias, layer.activation, has_residual, threads)
+
     def linear_module(self, name: str, fmt: SparseFormat, weight: torch.Tensor, threads: int) -> SparseModule:
         """A plain SparseLinear, or the format's own module (what autotune times)."""
         from sparsec.targets.cpu.sparse_linear import SparseLinear

@@ -211,3 +211,44 @@ def test_quantize_rejects_bad_values_targets_and_dtypes():
         sparse_compile(m, (x,), quantize="int8", target="interpret")
     with pytest.raises(NotImplementedError, match="float32 models only"):
         sparse_compile(_model().bfloat16(), (x.bfloat16(),), quantize="int8", calibrate=False)
+
+
+def test_quantize_keeps_layers_above_the_error_bound_in_float32():
+    """The benchmark's BERT (2 layers, 90%): the pooler (one token, tanh) measures ~2.5% alone and takes
+    the output past 2%; the default bound keeps it float32 and says so in the report."""
+    from sparsec.bench.bert import bert_model
+    from sparsec.bench.e2e import max_rel_error
+    from sparsec.demo import prune_linears
+
+    model, inputs = bert_model(2)
+    prune_linears(model.encoder, 0.9)
+    with torch.no_grad():
+        want = model(*inputs)
+    errs = {}
+    for bound in (None, 0.015):
+        cm = sparse_compile(model, inputs, quantize="int8", calibrate=False, threads=1, quantize_max_error=bound)
+        with torch.no_grad():
+            errs[bound] = max_rel_error(cm(*inputs), want)
+        rep = cm.report()
+        for r in rep.layers:
+            assert r.quant_error is not None
+            kept = bound is not None and r.quant_error > bound
+            assert r.dtype == ("float32" if kept else "int8"), (r.name, r.quant_error)
+            assert ("kept float32: its int8 error" in r.reason) == kept
+    assert errs[None] > 0.02 >= errs[0.015], errs  # the fallback is what brings it under 2%
+    assert "pooler.dense" in str(rep) and "float32 (int8 " in str(rep)
+    assert "Float32Linear" in {type(mod).__name__ for mod in cm._primary.module.modules()}
+
+
+def test_quantize_max_error_keeps_sparse_and_fused_layers_exact_in_float32():
+    """A bound below every layer's error keeps them all float32 (CSR SparseLinear, dense Float32Linear),
+    fused epilogues included: the output is fp32's."""
+    m, x = _model(), torch.randn(32, 128)
+    for fmt in ("csr", None):
+        cm = sparse_compile(m, (x,), quantize="int8", calibrate=False, force_format=fmt, quantize_max_error=1e-9)
+        assert all(r.dtype == "float32" and r.quant_error > 0 for r in cm.report().layers)
+        with torch.no_grad():
+            assert torch.allclose(cm(x), m(x), rtol=1e-4, atol=1e-4)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="quantize_max_error"):
+            sparse_compile(m, (x,), quantize="int8", quantize_max_error=bad)
