@@ -45,6 +45,13 @@ def test_swapped_parts_decode_like_eager(monkeypatch):
     err = (logits - eager_logits).abs().max() / eager_logits.abs().max().clamp_min(1.0)
     assert err < 3e-2, err
     bench.use(swaps, False)
+    bd = bench.step_breakdown(model, swaps, prompt, 2, bench._clock(False))
+    for k in ("sparsec", "eager"):  # hooks saw the parts and the head; the parts sum to the step
+        v = bd[k]
+        assert v["parts"] > 0 and v["lm_head"] > 0 and v["rest"] >= 0
+        assert v["parts"] + v["lm_head"] + v["rest"] == pytest.approx(v["step"])
+    assert model.model.layers[1].mlp is swaps[5][2]  # eager parts back in, hooks removed
+    assert not model.lm_head._forward_hooks and not model.lm_head._forward_pre_hooks
 
 
 def test_prune_2_4_keeps_two_of_four():
