@@ -202,8 +202,15 @@ def step_breakdown(model, swaps, prompt: torch.Tensor, tokens: int, clock) -> di
             handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
         try:
             decode(model, prompt, 1, clock)  # warm
-            spent.update(parts=0.0, lm_head=0.0)
-            total = decode(model, prompt, tokens, clock)[0]
+            calls = []
+
+            def steps_clock(calls=calls):  # decode reads it after the untimed prefill: count the steps only
+                if not calls:
+                    spent.update(parts=0.0, lm_head=0.0)
+                calls.append(1)
+                return clock()
+
+            total = decode(model, prompt, tokens, steps_clock)[0]
         finally:
             for h in handles:
                 h.remove()
