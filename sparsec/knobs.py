@@ -72,6 +72,8 @@ _TABLE: tuple[Knob, ...] = (
          "CPU BSR layers run the hand-scheduled natural-layout kernel (False: the sparsifier's)"),
     Knob("hybrid_block_fill", float, 0.5, None,
          "hybrid format: a block at least this full goes to the BSR part, the other nonzeros to the CSR part"),
+    Knob("hybrid_rest_row_cost", float, 35.0, None,
+         "hybrid format: the CSR remainder's fixed cost per output row, in nonzeros of CSR work (measured)"),
     Knob("hybrid_min_block_share", float, 0.2, None,
          "hybrid format: only when the full blocks hold at least this share of the nonzeros (else CSR alone)"),
     Knob("csr_natural_kernel", bool, True, None,

@@ -44,7 +44,7 @@ def test_matches_dense(b, rows, cols, n, density, outliers, bias, activation, re
     bv = torch.randn(rows, generator=g) if bias else None
     x = torch.randn(n, cols, generator=g)
     r = torch.randn(n, rows, generator=g) if residual else None
-    mod = HybridLinear("h", registry.get_format(f"hybrid{b}x{b}"), w, bv, activation, residual, threads)
+    mod = HybridLinear("h", Hybrid(b), w, bv, activation, residual, threads)
     with torch.no_grad():
         got = mod(x, r)
     assert not got.isnan().any(), "an output element was never written (poisoned buffers)"
@@ -137,3 +137,12 @@ def test_bad_input():
         HybridLinear("h", fmt, w.bfloat16(), None, None, False)
     with pytest.raises(InputError):
         HybridLinear("h", registry.get_format("csr"), w, None, None, False)
+
+
+def test_selector_skips_scattered_weights():
+    model = _model(random_weight(256, 256, 0.1, 9)).requires_grad_(False)
+    x = torch.randn(64, 256)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", min_weight_numel=0, calibrate=False)
+    assert not cm.report().layers[0].format.startswith("hybrid")
+    with torch.no_grad():
+        assert_close(cm(x), model(x))
