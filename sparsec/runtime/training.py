@@ -131,7 +131,8 @@ class _RaiseOnBackward(torch.autograd.Function):
     def backward(ctx, grad):
         raise UnsupportedError(
             "backward through this compiled model is not supported: some compiled layers compute with "
-            "derived weights (folded BatchNorm, shrunk channels, transposed or conv/batched weights) that "
+            "derived weights (folded BatchNorm, shrunk channels, transposed or conv/batched weights, int8 "
+            "layers of quantize='int8') that "
             "have no parameter to give a gradient to. Train the eager model, or compile with options that "
             "keep plain Linear layers; run inference under torch.no_grad()"
         )

@@ -211,6 +211,23 @@ def test_quantize_rejects_bad_values_targets_and_dtypes():
         sparse_compile(m, (x,), quantize="int8", target="interpret")
     with pytest.raises(NotImplementedError, match="float32 models only"):
         sparse_compile(_model().bfloat16(), (x.bfloat16(),), quantize="int8", calibrate=False)
+    with pytest.raises(NotImplementedError, match="float32 models only"):
+        sparse_compile(_model().double(), (x.double(),), quantize="int8", calibrate=False)
+    with pytest.raises(NotImplementedError, match="CPU only"):
+        sparse_compile(m, (x,), quantize="int8", target="gpu")
+
+
+def test_quantize_int8_refuses_gradients():
+    """Forward only: an input that needs a gradient, or backward in train mode, raises a clear error."""
+    from sparsec.errors import UnsupportedError
+
+    m, x = _model(), torch.randn(8, 128)
+    cm = sparse_compile(m, (x,), quantize="int8", calibrate=False, force_format="csr")
+    with pytest.raises(NotImplementedError, match="gradients through int8 layers"):
+        cm(x.clone().requires_grad_())
+    cm.train()
+    with pytest.raises(UnsupportedError, match="int8"):
+        cm(x).sum().backward()
 
 
 def test_quantize_keeps_layers_above_the_error_bound_in_float32():
