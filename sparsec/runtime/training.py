@@ -214,8 +214,7 @@ def fast_refresh(variants: list, watch) -> bool:
     from sparsec.targets.cpu.sparse_grad import refresh_values
 
     todo = {id(m): m for t in changed for m in by_param.get(id(t), [])}
-    if any(m.trainable is None for m in todo.values()):
-        return False  # no slot map yet (built from the packed pattern on the first backward)
+    # a layer without slot maps yet builds them from its packed pattern (sparse_grad.state, O(nnz));
     # a False leaves that layer's values partly refreshed: the caller re-packs
     return all(refresh_values(m) for m in todo.values())
 

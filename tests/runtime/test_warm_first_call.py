@@ -108,3 +108,22 @@ def test_train_unfolded_names_agree():
     from sparsec.targets.cpu.sparse_linear import TRAIN_UNFOLDED
 
     assert set(sparse_grad.UNFOLDED) == TRAIN_UNFOLDED
+
+
+def test_grad_enabled_inference_builds_no_training_state(cache):
+    """A grad-enabled forward needs only the custom op's handle: slot maps are built when a backward or a
+    refresh reads them (only gelu/silu layers, whose linear-part twin shares them, build theirs in forward),
+    and the gradients then equal eager's."""
+    from sparsec.runtime import training
+
+    model, inputs = zoo.bert(hidden=64, layers=1, heads=2, inter=256, seq=16)
+    eager = copy.deepcopy(model)
+    cm = sparsec.sparse_compile(model, inputs, **OPTS)
+    out = cm(*inputs).last_hidden_state
+    mods = training.sparse_modules(cm._primary.module)
+    assert mods and all(m.trainable is None for m in mods if m.activation not in ("gelu", "silu"))
+    out.sum().backward()  # builds the state the backward reads (CSR's dense-output SDDMM needs none for dW)
+    eager(*inputs).last_hidden_state.sum().backward()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)

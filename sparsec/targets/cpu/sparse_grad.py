@@ -76,11 +76,7 @@ class Trainable:
             flat.append(g)
             start += g.numel()
         self.flat = torch.cat(flat)  # every stored position of W, as flat indices
-        #: what the slabs store (the explicit pattern of a re-packed layer, zeros included), as 1.0
-        self.pattern = torch.zeros(module.out_features * module.in_features)
-        self.pattern[self.flat] = 1.0
-        self.pattern = self.pattern.view(module.out_features, module.in_features)
-        self._in_features = module.in_features
+        self._in_features, self._out_features = module.in_features, module.out_features
         self.shared = all(slots is None for _, slots, _, _ in self.maps)
         values = np.empty(start, dtype=np.float32)
         self.stored = torch.from_numpy(values)
@@ -97,6 +93,15 @@ class Trainable:
         self.twin = None
 
     @functools.cached_property
+    def pattern(self) -> torch.Tensor:
+        """What the slabs store (the explicit pattern of a re-packed layer, zeros included), as 1.0 [out, in]
+        (the CSR copy of W^T's structure: built on the first backward, not on the first grad-enabled call,
+        which paid ~4 ms per BERT-base linear for a dense zeros it did not read)."""
+        pattern = torch.zeros(self._out_features * self._in_features)
+        pattern[self.flat] = 1.0
+        return pattern.view(self._out_features, self._in_features)
+
+    @functools.cached_property
     def rows(self) -> torch.Tensor:
         """The row of every stored position in ``flat`` order (the torch dW gather of formats without an SDDMM
         kernel; computed on first use, not on the first grad-enabled call)."""
@@ -106,6 +111,14 @@ class Trainable:
     def cols(self) -> torch.Tensor:
         """The column of every stored position in ``flat`` order."""
         return self.flat % self._in_features
+
+
+def state(module) -> Trainable:
+    """``module``'s training state, built on first use (the first backward, refresh or twin: O(nnz), read off
+    the packed buffers), not on the first grad-enabled forward, which needs only the op's handle."""
+    if module.trainable is None:
+        module.enable_training(*module.train_refs)
+    return module.trainable
 
 
 def _values(packed) -> torch.Tensor:
@@ -124,7 +137,7 @@ def refresh_values(module) -> bool:
     preallocated gather into ``stored``, a count of W's nonzeros, and a copy into the slabs. The
     transposed copy (dx's CSR of W^T) and the twin follow from ``stored`` by one preallocated
     gather per slab (an nnz-long source that stays in cache) — no allocation, no loop over rows."""
-    st: Trainable = module.trainable
+    st = state(module)
     weight, bias = st.refs
     w = weight.detach()
     if st.kernel and w.dtype == torch.float32 and w.is_contiguous():
@@ -164,7 +177,7 @@ def _copy_slabs(src, dst) -> None:
 
 def _transposed(module):
     """CSR of W^T (built once): the module that computes ``dz @ W`` with the forward kernels."""
-    st: Trainable = module.trainable
+    st = state(module)
     if st.transposed is None:
         wt = st.pattern.t().contiguous()  # the structure; values follow from ``stored`` below
         tmod = module.plain(module.layer_name + ".T", registry.get_format("csr"), wt, None)
@@ -192,7 +205,7 @@ def _twin(module):
 
     It shares the module's training state (slot maps, stored values, the CSR copy of W^T) and, where the
     slabs hold exactly the pattern, its packed values: a refresh of the module refreshes it."""
-    st: Trainable = module.trainable
+    st = state(module)
     if st.twin is None:
         twin = module.linear_part(module.layer_name + ".z")  # its kernels: compiled with the layer's (prepare)
         if st.shared:  # the same pattern and slabs: read the module's values, no copy on refresh
@@ -210,7 +223,7 @@ UNFOLDED = {"gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu}
 
 
 def train_forward(module, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-    """The layer through the autograd-capable custom op (module.trainable is set).
+    """The layer through the autograd-capable custom op (module._handle is set).
 
     relu/tanh stay fused (their derivative is read off the output in backward); gelu/silu run the linear
     part through the op and the activation (and the residual add) in torch, which costs the activation
@@ -330,7 +343,7 @@ def _backward_impl(module, grad, x, y, residual, need_x: bool, want_w: bool, wan
 
 def _masked(module, dw: torch.Tensor) -> torch.Tensor:
     """``dw`` with zeros outside the stored positions (static sparse training's ``.grad``)."""
-    st: Trainable = module.trainable
+    st = state(module)
     out = torch.zeros(dw.numel())
     out[st.flat] = dw.reshape(-1)[st.flat]
     return out.reshape(dw.shape)
@@ -351,7 +364,7 @@ def _act_grad(module, act: str, g: torch.Tensor, a: torch.Tensor, x2: torch.Tens
 
 def _torch_sddmm(module, dz: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
     """dW at the stored positions for formats without an SDDMM kernel: chunked torch gathers."""
-    st: Trainable = module.trainable
+    st = state(module)
     gt, xt = dz.t().contiguous(), x2.t().contiguous()
     vals = torch.empty(st.flat.numel())
     chunk = knobs.get("sddmm_grad_chunk")  # bounds the gather's temporary to ~chunk * N floats
@@ -365,7 +378,7 @@ def _dense_grad(module, values: list[torch.Tensor], packed: bool = True) -> torc
     """The weight's dense-shaped gradient: ``values`` at the stored positions, zeros elsewhere.
 
     ``values``: one tensor per slab in packed slot order (``packed``), or one tensor in ``flat`` order."""
-    st: Trainable = module.trainable
+    st = state(module)
     if packed:  # drop padding slots (none for CSR: then the slot map is the identity)
         values = [v if slots is None else v[slots] for v, (_, slots, _, _) in zip(values, st.maps, strict=True)]
     vals = values[0] if len(values) == 1 else torch.cat(values)

@@ -193,12 +193,15 @@ class SparseLinear(SparseModule):
         """Route calls that need grad through ``sparsec::sparse_linear`` with grads for these parameters."""
         from sparsec.targets.cpu import sparse_grad
 
+        self._check_grad_dtype()
+        self.trainable = sparse_grad.Trainable(self, weight, bias)
+        self._handle = sparse_grad.register(self)
+
+    def _check_grad_dtype(self) -> None:
         if self.dtype != torch.float32:
             raise NotImplementedError(
                 f"{self.layer_name}: gradients through {self.dtype} sparse kernels are not implemented; run "
                 "inference under torch.no_grad() or torch.inference_mode(), or train in float32")
-        self.trainable = sparse_grad.Trainable(self, weight, bias)
-        self._handle = sparse_grad.register(self)
 
     def adopt_values(self, arrays: list[np.ndarray]) -> None:
         """Use ``arrays`` (one float32 array per slab, same size) as the slabs' packed values from now on.
@@ -218,6 +221,11 @@ class SparseLinear(SparseModule):
         """This layer without its activation and residual, on copies of its packed slabs (no packing): the
         linear part ``x W^T + b`` that the training forward of a gelu/silu layer runs (sparse_grad._twin)."""
         keep = {id(t): t for t in (self.train_refs or ()) if t is not None}  # the user's parameters, not copies
+        # a bias slab of a loaded model is a view of the mapped tensors file: deepcopy would copy the whole
+        # storage under it (~90 MB for BERT-base, per twin); clone just the bias
+        keep.update({id(b): b.clone() for _, b, _ in self.slabs if b is not None})
+        if self.pattern is not None:  # read only (a re-pack replaces it)
+            keep[id(self.pattern)] = self.pattern
         twin = copy.deepcopy(self, keep)
         twin.layer_name, twin.activation, twin.has_residual, twin.train_refs = name, None, False, None
         return twin
@@ -322,8 +330,11 @@ class SparseLinear(SparseModule):
             from sparsec.targets.cpu import sparse_grad
 
             if sparse_grad.needs_grad(self, x, residual):
-                if self.trainable is None:  # O(nnz): slot maps read off the packed buffers, no re-packing
-                    self.enable_training(*self.train_refs)
+                # the custom op needs only the handle: the training state (slot maps, O(nnz)) is built on the
+                # first backward or refresh (sparse_grad.state), so a grad-enabled inference call pays nothing
+                if self._handle is None:
+                    self._check_grad_dtype()
+                    self._handle = sparse_grad.register(self)
                 return sparse_grad.train_forward(self, x, residual)
         return self.run(x, residual)
 
