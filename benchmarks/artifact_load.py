@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         cm = sparsec.sparse_compile(model, inputs, target="cpu")
         cm.save(path)
         size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+        parts = ", ".join(f"{p.name} {sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob('*')) if f.is_file()) / 1e6:.1f}"
+                          for p in sorted(path.iterdir()))  # program.pt2 holds the dense weights again
         for _ in range(rounds):
             for mode in ("load", "compile"):
                 results[mode].append(_run(mode, path, state, layers, cache, args.threads))
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `python benchmarks/artifact_load.py{' --quick' if args.quick else ''}"
         f"{f' --rounds {args.rounds}' if args.rounds else ''}`; {rounds} interleaved "
-        f"round(s), medians; warm kernel cache; artifact {size_mb:.0f} MB; load average {load0:.1f} -> {load1:.1f}; "
+        f"round(s), medians; warm kernel cache; artifact {size_mb:.0f} MB ({parts} MB); load average {load0:.1f} -> {load1:.1f}; "
         f"1024^3 GEMM {gemm0 * 1e3:.1f} -> {gemm1 * 1e3:.1f} ms; {args.threads} threads"
         f"{'; **LOADED machine: times are not meaningful**' if loaded else ''}.",
         "",
