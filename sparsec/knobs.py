@@ -66,8 +66,12 @@ _TABLE: tuple[Knob, ...] = (
     Knob("parallel_min_work", int, 2_000_000, None, "CPU: below this work a call runs on one thread"),
     Knob("omp_dispatch", bool, True, None,
          "CPU: slabs run on torch's libgomp threads (its spinning workers), not on a second thread pool"),
-    Knob("steal_dispatch", bool, True, None,
-         "CPU: the caller and pool threads steal slabs off one counter; no wait for a thread that is not running"),
+    # off by default: on a quiet machine stealing measured 1.2-1.9x slower per CSR/BSR layer than torch's
+    # OpenMP threads (the pool thread competes with torch's spinning worker); on a machine shared with other
+    # busy processes it avoids the barrier wait for a descheduled OpenMP thread (16 ms -> 0.5 ms per call)
+    Knob("steal_dispatch", bool, False, "SPARSEC_STEAL_DISPATCH",
+         "CPU: the caller and pool threads steal slabs off one counter; no wait for a thread that is not running "
+         "(for machines shared with other busy processes)"),
     Knob("bsr_vector_kernel", bool, True, None,
          "CPU BSR layers run the hand-scheduled natural-layout kernel (False: the sparsifier's)"),
     Knob("hybrid_block_fill", float, 0.5, None,
