@@ -8,7 +8,7 @@ at 2 threads (1-thread CPU time 54 ms): 187 ms of CPU per step with the pool, 65
 OMP_WAIT_POLICY=PASSIVE. Handing the slabs to libgomp itself (``GOMP_parallel``) gives the spinning
 worker the work it waits for.
 
-A tiny JIT-compiled trampoline (MLIR LLVM dialect) is the parallel region's body: each thread takes the
+The claim loop of sparsec/targets/cpu/call_table.py is the parallel region's body: each thread takes the
 next (kernel, argument pack) pair off an atomic counter and calls the kernel's packed C interface, so
 no Python (and no GIL) runs inside the region. Without libgomp in the process (another OpenMP runtime,
 a torch build without OpenMP) ``available()`` is False and callers use the pool.
@@ -19,59 +19,28 @@ from __future__ import annotations
 import ctypes
 import threading
 
-_TRAMPOLINE = """
-module {
-  llvm.func @sparsec_slab_trampoline(%data: !llvm.ptr) {
-    %one = llvm.mlir.constant(1 : i64) : i64
-    %two = llvm.mlir.constant(2 : i64) : i64
-    %n = llvm.load %data : !llvm.ptr -> i64
-    %cnt = llvm.getelementptr %data[1] : (!llvm.ptr) -> !llvm.ptr, i64
-    llvm.br ^loop
-  ^loop:
-    %i = llvm.atomicrmw add %cnt, %one seq_cst : !llvm.ptr, i64
-    %more = llvm.icmp "slt" %i, %n : i64
-    llvm.cond_br %more, ^body, ^done
-  ^body:
-    %slot = llvm.mul %i, %two : i64
-    %off = llvm.add %slot, %two : i64
-    %fpp = llvm.getelementptr %data[%off] : (!llvm.ptr, i64) -> !llvm.ptr, i64
-    %fn = llvm.load %fpp : !llvm.ptr -> !llvm.ptr
-    %app = llvm.getelementptr %fpp[1] : (!llvm.ptr) -> !llvm.ptr, i64
-    %args = llvm.load %app : !llvm.ptr -> !llvm.ptr
-    llvm.call %fn(%args) : !llvm.ptr, (!llvm.ptr) -> ()
-    llvm.br ^loop
-  ^done:
-    llvm.return
-  }
-}
-"""
+from sparsec.targets.cpu import call_table
 
 _LOCK = threading.Lock()
 _STATE: dict = {}
 
 
 def _init() -> tuple | None:
-    """(GOMP_parallel, the trampoline's address, the engine that holds it) or None; built once."""
+    """(GOMP_parallel, the claim loop's address) or None; built once."""
     with _LOCK:
-        if "value" in _STATE:
-            return _STATE["value"]
-        value = None
-        try:
-            path = _gomp_path()
-            if path is not None:
-                from torch_mlir import execution_engine, ir
-
-                run = ctypes.CDLL(path).GOMP_parallel
-                run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-                run.restype = None
-                with ir.Context(), ir.Location.unknown():
-                    engine = execution_engine.ExecutionEngine(ir.Module.parse(_TRAMPOLINE), opt_level=2,
-                                                              shared_libs=[])
-                    value = (run, engine.raw_lookup("sparsec_slab_trampoline"), engine)
-        except Exception:  # noqa: BLE001 - no libgomp / no JIT: the pool runs the slabs
+        if "value" not in _STATE:
             value = None
-        _STATE["value"] = value
-        return value
+            path, loops = _gomp_path(), call_table.loops()
+            if path is not None and loops is not None:
+                try:
+                    run = ctypes.CDLL(path).GOMP_parallel
+                    run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+                    run.restype = None
+                    value = (run, loops[0])
+                except (OSError, AttributeError):  # not a usable libgomp: the pool runs the slabs
+                    value = None
+            _STATE["value"] = value
+        return _STATE["value"]
 
 
 def _gomp_path() -> str | None:
@@ -94,16 +63,6 @@ def available() -> bool:
 def run_calls(calls: list, threads: int) -> None:
     """Call every ``(kernel, argument refs)`` of ``calls`` on up to ``threads`` libgomp threads; returns when
     all ran. The caller keeps the arguments' buffers alive (``available()`` must be True)."""
-    run, trampoline, _ = _init()
-    data = (ctypes.c_void_p * (2 + 2 * len(calls)))()
-    data[0], data[1] = len(calls), 0
-    packs = []
-    for i, (kernel, refs) in enumerate(calls):
-        pack = (ctypes.c_void_p * len(refs))(*[r.address for r in refs])
-        packs.append(pack)
-        data[2 + 2 * i] = kernel.address
-        data[3 + 2 * i] = ctypes.addressof(pack)
-    # ``raw_lookup`` gives the engine's packed wrapper ``void f(void **args)``: args[0] points at the argument
-    holder = ctypes.c_void_p(ctypes.addressof(data))
-    argv = (ctypes.c_void_p * 1)(ctypes.addressof(holder))
-    run(trampoline, ctypes.addressof(argv), min(threads, len(calls)), 0)
+    run, loop = _init()
+    table = call_table.CallTable(calls)
+    run(loop, table.argv, min(threads, len(calls)), 0)
