@@ -9,16 +9,16 @@ transposes 8x8 tiles of X into an L1 panel inside the kernel). With knob ``csr_n
 at N >= 2 computes Y^T = W X^T: the activation is transposed into [in, N] and the result is returned as a
 transposed view. For N == 1 CSR's dot form reads x directly.
 
-Per call, a natural-layout layer re-points descriptors prepared once per N (``_Plan``: X, output and
-residual pointers and row strides) instead of building them: ~25 us of Python per call instead of ~47 on
-one thread, ~71 instead of ~118 on two (1-thread CPU time, docs/kernels.md).
+Per call, a natural-layout layer re-points descriptors prepared once per N (X, output and residual
+pointers and row strides; sparsec/targets/cpu/natural_call.py) instead of building them: ~25 us of Python
+per call instead of ~47 on one thread, ~71 instead of ~118 on two (1-thread CPU time, docs/kernels.md).
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,7 +29,6 @@ from sparsec.codegen.mlir.jit import (
     ArgRef,
     CompiledKernel,
     compile_kernel,
-    make_descriptor,
     numpy_descriptor,
     torch_descriptor,
 )
@@ -38,6 +37,7 @@ from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
 from sparsec.formats.cost import parallel_work
 from sparsec.runtime.module import SparseModule
+from sparsec.targets.cpu import natural_call
 from sparsec.targets.cpu.threads import run_kernels
 
 #: torch dtype -> the kernels' element type (MLIR spelling); 16-bit kernels accumulate in f32
@@ -174,7 +174,7 @@ class SparseLinear(SparseModule):
                                for bufs in self._kernel_buffers if len(bufs) > own]
             self._bias_args = [ArgRef(torch_descriptor(b), b) if b is not None else None for _, b, _ in self.slabs]
             self._kernels: dict[int, list[CompiledKernel]] = {}
-            self._plans: dict[int, _Plan] = {}
+            self._plans: dict[int, natural_call.Plan | None] = {}
 
     #: what a saved model does not store: descriptors and kernel handles (rebuilt on load), training state
     #: (rebuilt on the first backward)
@@ -367,7 +367,7 @@ class SparseLinear(SparseModule):
         x2 = x.reshape(n, self.in_features)
         r2 = residual.reshape(n, self.out_features) if residual is not None else None
         if self._natural_at(n):
-            return self._run_natural(x2, r2, n).reshape(*lead, self.out_features)
+            return natural_call.run(self, x2, r2, n).reshape(*lead, self.out_features)
         kernels = self.kernels(n)
         xt, x_args = self._scatter_input(x2, n)
         flat = self._flat_at(n)
@@ -421,88 +421,6 @@ class SparseLinear(SparseModule):
             xt = xt.contiguous()
         return xt, [ArgRef(torch_descriptor(xt))]
 
-    def _run_natural(self, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> torch.Tensor:
-        """Kernels that read X [N, in] and write their slab's columns of Y [N, out] in place."""
-        if self._plan_lock.acquire(blocking=False):
-            try:
-                y = self._run_planned(x2, r2, n)
-                if y is not None:
-                    return y
-            finally:
-                self._plan_lock.release()
-        return self._run_natural_args(x2, r2, n)
-
-    def _run_planned(self, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> torch.Tensor | None:
-        """The natural kernels through the prepared descriptors of ``n`` (only the pointers and row strides
-        change per call: ~5 us of Python instead of ~30); None where the general path is needed (padded
-        slabs or columns, a residual that is not a row-strided view, a column-strided X)."""
-        plan = self._plans.get(n)
-        if plan is None:
-            plan = self._plans[n] = _Plan.build(self, n)
-            if plan is None:
-                return None
-        if not plan.ok or x2.stride(-1) != 1 or (r2 is not None and r2.stride(-1) != 1):
-            return None
-        out = torch.empty(n, self.out_features, dtype=self.io_dtype)
-        if knobs.get("poison_outputs"):
-            out.fill_(float("nan"))
-        plan.point(plan.x, x2.data_ptr(), x2.stride(0))
-        optr, rptr = out.data_ptr(), r2.data_ptr() if r2 is not None else 0
-        for o, res, r0 in zip(plan.outs, plan.residuals, plan.starts, strict=True):
-            plan.point(o, optr + 4 * r0, self.out_features)
-            if res is not None:
-                plan.point(res, rptr + 4 * r0, r2.stride(0))
-        if len(plan.calls) == 1 or plan.serial:
-            for call in plan.calls:
-                call()
-        else:
-            run_kernels(plan.tasks)
-        return out
-
-    def _run_natural_args(self, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> torch.Tensor:
-        """The natural kernels with descriptors built for this call (any padding, strides, residual)."""
-        cols = self.slabs[0][0].padded_shape[1]
-        kernels = self.kernels(n)
-        if cols != self.in_features:
-            x2 = torch.nn.functional.pad(x2, (0, cols - self.in_features))
-        elif x2.stride(-1) != 1:  # the kernel takes any row stride, but unit column stride
-            x2 = x2.contiguous()
-        x_arg = ArgRef(torch_descriptor(x2))
-        total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
-        out = torch.empty(n, total_rows)
-        if knobs.get("poison_outputs"):
-            out.fill_(float("nan"))
-        tasks, offset = [], 0
-        for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
-            rows = packed.padded_shape[0]
-            args = [*self._fixed_args[s], *self._tile_args[s : s + 1], x_arg]
-            if self._bias_args[s] is not None:
-                args.append(self._bias_args[s])
-            res = None
-            if r2 is not None:
-                if rows == r1 - r0 and r2.stride(-1) == 1:
-                    res = r2[:, r0:r1]  # a strided view: the kernel takes the row stride
-                else:
-                    res = torch.zeros(n, rows)
-                    res[:, : r1 - r0] = r2[:, r0:r1]
-                args.append(ArgRef(torch_descriptor(res)))
-            o = out[:, offset : offset + rows]
-            args.append(ArgRef(torch_descriptor(o)))
-            offset += rows
-            tasks.append((kern, args, (res, o, x2)))
-        if len(tasks) > 1 and parallel_work(self.stored, n) < knobs.get("parallel_min_work"):
-            for kern, args, _ in tasks:
-                kern.call_refs(args)
-        else:
-            run_kernels(tasks)
-        if total_rows != self.out_features:
-            parts, offset = [], 0
-            for packed, _, (r0, r1) in self.slabs:
-                parts.append(out[:, offset : offset + (r1 - r0)])
-                offset += packed.padded_shape[0]
-            out = torch.cat(parts, dim=1)
-        return out
-
     def _gather_rows(self, out: torch.Tensor) -> torch.Tensor:
         """Drop the padding rows each slab added (only when the format padded rows)."""
         parts, offset = [], 0
@@ -517,55 +435,6 @@ class SparseLinear(SparseModule):
             f"stored={self.stored} activation={self.activation} residual={self.has_residual} "
             f"slabs={len(self.slabs)}"
         )
-
-
-@dataclass
-class _Plan:
-    """A natural-layout call of one layer for one N, prepared once: every slab's argument list with the
-    X, output and residual descriptors that each call re-points (``point``) at its tensors."""
-
-    ok: bool
-    x: object  # the X descriptor (shared by every slab)
-    outs: list  # per slab: its output columns' descriptor
-    residuals: list  # per slab: its residual columns' descriptor, or None
-    starts: list[int]  # per slab: its first output column
-    calls: list  # per slab: a zero-argument call of its kernel on the prepared arguments
-    tasks: list  # per slab: (kernel, argument refs, None) for ``run_kernels``
-    serial: bool  # the work is below knob parallel_min_work: run the slabs on this thread
-
-    @staticmethod
-    def build(layer: SparseLinear, n: int) -> _Plan | None:
-        """The plan of ``layer`` at ``n`` rows; None when a slab pads rows or columns (general path)."""
-        if layer.slabs[0][0].padded_shape[1] != layer.in_features or any(
-                p.padded_shape[0] != r1 - r0 for p, _, (r0, r1) in layer.slabs):
-            return None
-        kernels = layer.kernels(n)
-        x = make_descriptor(0, (n, layer.in_features), (layer.in_features, 1))
-        x_ref = ArgRef(x)
-        outs, residuals, starts, calls, tasks = [], [], [], [], []
-        for s, ((_, _, (r0, r1)), kern) in enumerate(zip(layer.slabs, kernels, strict=True)):
-            args = [*layer._fixed_args[s], *layer._tile_args[s : s + 1], x_ref]
-            if layer._bias_args[s] is not None:
-                args.append(layer._bias_args[s])
-            res = None
-            if layer.has_residual:
-                res = make_descriptor(0, (n, r1 - r0), (layer.out_features, 1))
-                args.append(ArgRef(res))
-            out = make_descriptor(0, (n, r1 - r0), (layer.out_features, 1))
-            args.append(ArgRef(out))
-            calls.append(kern.bound(args))
-            tasks.append((kern, args, None))
-            outs.append(out)
-            residuals.append(res)
-            starts.append(r0)
-        serial = parallel_work(layer.stored, n) < knobs.get("parallel_min_work")
-        return _Plan(True, x, outs, residuals, starts, calls, tasks, serial)
-
-    @staticmethod
-    def point(desc, ptr: int, row_stride: int) -> None:
-        """Re-point a rank-2 descriptor at ``ptr`` with ``row_stride`` elements between rows."""
-        desc.allocated = desc.aligned = ptr
-        desc.strides[0] = row_stride
 
 
 def slab_bounds(w: torch.Tensor, row_block: int, threads: int) -> list[tuple[int, int]]:

@@ -199,7 +199,7 @@ def layer_bias(layer: SparseLinear) -> torch.Tensor:
     seed=st.integers(0, 1000),
 )
 def test_prepared_natural_calls_follow_each_calls_tensors(rows, cols, n, residual, threads, fmt, seed):
-    """The prepared descriptors of a layer (``_Plan``) are re-pointed per call: new inputs, row-strided views
+    """The prepared descriptors of a layer (``natural_call.Plan``) are re-pointed per call: new inputs, row-strided views
     of X and of the residual, then the general path while another call holds the plan (and always for a
     BSR weight whose blocks pad rows or columns)."""
     w = random_weight(rows, cols, 0.2, seed)
