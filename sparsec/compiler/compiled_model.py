@@ -20,9 +20,9 @@ import warnings
 import torch
 from torch.utils import _pytree as pytree
 
-from sparsec.compiler import graph_cache
+from sparsec.compiler import graph_cache, input_check
 from sparsec.compiler import stages as stage_text
-from sparsec.compiler.capture import Captured, capture
+from sparsec.compiler.capture import capture
 from sparsec.compiler.context import CompileContext
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.pipeline import PASSES, STAGES, build_report, layers_of, run_passes
@@ -165,7 +165,7 @@ class CompiledModel(torch.nn.Module):
         out_spec = gm._out_spec
         gm.graph._codegen = torch.fx.graph.CodeGen()
         gm.recompile()
-        variant = Variant(cap, gm, ctx, build_report(gm, ctx.notes), _input_specs(cap), out_spec)
+        variant = Variant(cap, gm, ctx, build_report(gm, ctx.notes), input_check.input_specs(cap), out_spec)
         ctx.stages["lowered"] = stage_text.lowered_stage_text(gm)
         self._install(variant, model, from_artifact=seed is not None)
         if cache_key is not None:
@@ -295,58 +295,18 @@ class CompiledModel(torch.nn.Module):
 
     def _check_inputs(self, flat: list, spec) -> None:
         if spec != self._in_spec:
-            self._explain_structure(flat, spec)
+            input_check.explain_structure(self._example_flat, self._in_spec, flat, spec)
         self._check_leaves(flat)
 
-    def _explain_structure(self, flat: list, spec) -> None:
-        """Raise an InputError saying how the inputs' structure differs from the example inputs'."""
-        ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
-        args, kwargs = pytree.tree_unflatten(flat, spec)
-        if len(args) != len(ex_args):
-            extra = f" and keyword input(s) {sorted(kwargs)}" if kwargs else ""
-            raise InputError(
-                f"the model was compiled for {len(ex_args)} positional input(s), got {len(args)}{extra} "
-                f"(wrong number of inputs; pass them the way the example inputs were passed)"
-            )
-        if set(kwargs) != set(ex_kwargs):
-            raise InputError(f"keyword inputs {sorted(kwargs)} differ from the compiled {sorted(ex_kwargs)}")
-        for i, (got, ex) in enumerate(zip(args, ex_args, strict=True)):
-            if isinstance(ex, torch.Tensor) and not isinstance(got, torch.Tensor):
-                raise InputError(f"input {i}: expected a tensor, got {type(got).__name__}")
-        raise InputError("the nested structure of the inputs differs from the example inputs'")
-
     def _check_leaves(self, flat: list) -> None:
-        """Every tensor input's type, dtype, device, rank and fixed dimensions, before any kernel runs."""
-        for i, (got, ex) in enumerate(zip(flat, self._example_flat, strict=True)):
-            if isinstance(ex, torch.Tensor):
-                if not isinstance(got, torch.Tensor):
-                    raise InputError(f"input {i}: expected a tensor, got {type(got).__name__}")
-                if got.dtype != ex.dtype:
-                    raise InputError(f"input {i}: dtype {got.dtype}, the model was compiled for {ex.dtype}")
-                if got.device != ex.device:
-                    raise InputError(f"input {i}: on device {got.device}, the model was compiled for {ex.device}")
-                if got.dim() != ex.dim():
-                    raise InputError(
-                        f"input {i}: shape {tuple(got.shape)} has rank {got.dim()}, the model was compiled for "
-                        f"rank {ex.dim()} (example shape {tuple(ex.shape)})"
-                    )
-                fixed = self._primary.specs[i]
-                if self._primary.captured.dynamic and fixed is not None:
-                    for d, (size, want) in enumerate(zip(got.shape, fixed[0], strict=True)):
-                        # a size 0/1 in the example is static only because export specializes it: the
-                        # model does not fix it, so another size gets its own variant (_new_variant)
-                        if want is not None and size != want and ex.shape[d] > 1:
-                            raise InputError(
-                                f"input {i}: shape {tuple(got.shape)}, but dimension {d} must be {want} "
-                                f"(the model fixes it; example shape {tuple(ex.shape)})"
-                            )
+        input_check.check_leaves(flat, self._example_flat, self._primary)
 
     def _find_variant(self, flat: list, static_only: bool = False) -> Variant | None:
         # Shape-specialized variants first: they exist because the dynamic one rejected those exact shapes.
         for v in sorted(self._variants, key=lambda v: v.captured.dynamic):
             if static_only and v.captured.dynamic:
                 continue
-            if all(_fits(s, x) for s, x in zip(v.specs, flat, strict=True)):
+            if all(input_check.fits(s, x) for s, x in zip(v.specs, flat, strict=True)):
                 return v
         return None
 
@@ -456,68 +416,6 @@ def _autocast_around(flat: list) -> bool:
     """True when torch.autocast is on for the device of any tensor input (the call would cast in eager)."""
     devices = {x.device.type for x in flat if isinstance(x, torch.Tensor)} or {"cpu"}
     return any(torch.is_autocast_enabled(d) for d in devices if d in ("cpu", "cuda", "xpu"))
-
-
-def _input_specs(cap: Captured) -> list:
-    """For every flattened user input: (shape with None for dynamic dims, (min, max) per dim), else None."""
-    from torch.export.graph_signature import ConstantArgument, InputKind
-    from torch.fx.experimental.symbolic_shapes import free_symbols, optimization_hint
-
-    ep = cap.program
-    ranges = {str(k): (v.lower, v.upper) for k, v in ep.range_constraints.items()}
-    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    specs = []
-    for in_spec in ep.graph_signature.input_specs:
-        if in_spec.kind != InputKind.USER_INPUT:
-            continue
-        # A Python int/float/bool/str input is baked into the graph by export: a call must pass the same
-        # value (another value compiles its own variant, see _fits). graph_signature.user_inputs lists such
-        # inputs by value, not name, so they are matched through the input specs.
-        if isinstance(in_spec.arg, ConstantArgument):
-            specs.append(("const", in_spec.arg.value))
-            continue
-        val = placeholders[in_spec.arg.name].meta.get("val")
-        if not isinstance(val, torch.Tensor):
-            specs.append(("const", val))
-            continue
-        shape, rng = [], []
-        for s in val.shape:
-            if isinstance(s, int):
-                shape.append(s)
-                rng.append((s, s))
-            else:
-                syms = [str(x) for x in free_symbols(s)]
-                if len(syms) == 1 and syms[0] in ranges:
-                    shape.append(None)
-                    rng.append(ranges[syms[0]])
-                else:
-                    # A symbol export specialized away (a guard pins it): the dimension is fixed.
-                    size = int(optimization_hint(s))
-                    shape.append(size)
-                    rng.append((size, size))
-        specs.append((tuple(shape), tuple(rng)))
-    return specs
-
-
-def _fits(spec, x) -> bool:
-    if spec is None:
-        return True
-    if spec[0] == "const":
-        # the type too: True == 1 == 1.0 in Python, but export specialized the graph on one of them
-        return not isinstance(x, torch.Tensor) and type(x) is type(spec[1]) and x == spec[1]
-    if not isinstance(x, torch.Tensor) or x.dim() != len(spec[0]):
-        return False
-    for size, (lo, hi) in zip(x.shape, spec[1], strict=True):
-        if size < lo or (hi is not None and _finite(hi) and size > hi):
-            return False
-    return True
-
-
-def _finite(v) -> bool:
-    try:
-        return float(v) != float("inf")
-    except (TypeError, ValueError):
-        return False
 
 
 def load(path, model: torch.nn.Module | None = None) -> CompiledModel:
