@@ -25,9 +25,8 @@ from sparsec.codegen.mlir.jit import (
 from sparsec.errors import InputError
 from sparsec.formats.base import SparseFormat, aligned_copy
 from sparsec.formats.bitmap import Packed16, value_dtype
-from sparsec.formats.cost import parallel_work
 from sparsec.runtime.module import SparseModule
-from sparsec.targets.cpu.threads import run_kernels
+from sparsec.targets.cpu.threads import run_slabs
 
 #: slab rows are multiples of this (every rows_per_step divides it)
 ROW_ALIGN = 8
@@ -188,11 +187,7 @@ class CompactLinear(SparseModule):
             args.append(ArgRef(torch_descriptor(o)))
             offset += rows
             tasks.append((kern, args, (res, o, xf)))
-        if len(tasks) > 1 and parallel_work(self.stored, n) < knobs.get("parallel_min_work"):
-            for k, a, _ in tasks:
-                k.call_refs(a)
-        else:
-            run_kernels(tasks)
+        run_slabs(tasks, self.stored, n)
 
     def extra_repr(self) -> str:
         return (f"{self.layer_name}: {self.in_features}->{self.out_features} format={self.fmt.label} "

@@ -18,8 +18,7 @@ from sparsec import knobs
 from sparsec.codegen.mlir.emit_refresh import RefreshSpec
 from sparsec.codegen.mlir.emit_sddmm import SddmmSpec
 from sparsec.codegen.mlir.jit import ArgRef, compile_kernel, torch_descriptor
-from sparsec.formats.cost import parallel_work
-from sparsec.targets.cpu.threads import run_kernels
+from sparsec.targets.cpu.threads import run_kernels, run_slabs
 
 #: activations whose derivative the kernel reads off the layer's output
 FOLDED = ("relu", "tanh")
@@ -76,11 +75,7 @@ def sddmm(module, gt: torch.Tensor, xt: torch.Tensor, at: torch.Tensor | None, d
             args.append(ArgRef(torch_descriptor(db[r0:r1])))
         # the slices' descriptors hold raw pointers: keep the tensors alive until the kernel ran
         tasks.append((kern, args, (xt, gt, at, dzt, db, dv)))
-    if len(tasks) > 1 and parallel_work(module.stored, n) < knobs.get("parallel_min_work"):
-        for kern, args, _ in tasks:
-            kern.call_refs(args)
-    else:
-        run_kernels(tasks)
+    run_slabs(tasks, module.stored, n)
     return (dw if dense else values), dzt, db
 
 

@@ -16,7 +16,7 @@ import torch
 from sparsec import knobs
 from sparsec.codegen.mlir.jit import ArgRef, make_descriptor, torch_descriptor
 from sparsec.formats.cost import parallel_work
-from sparsec.targets.cpu.threads import run_kernels
+from sparsec.targets.cpu.threads import run_kernels, run_slabs
 
 
 def run(layer, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -92,11 +92,7 @@ def _run_general(layer, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> to
         args.append(ArgRef(torch_descriptor(o)))
         offset += rows
         tasks.append((kern, args, (res, o, x2)))
-    if len(tasks) > 1 and parallel_work(layer.stored, n) < knobs.get("parallel_min_work"):
-        for kern, args, _ in tasks:
-            kern.call_refs(args)
-    else:
-        run_kernels(tasks)
+    run_slabs(tasks, layer.stored, n)
     if total_rows != layer.out_features:
         parts, offset = [], 0
         for packed, _, (r0, r1) in layer.slabs:

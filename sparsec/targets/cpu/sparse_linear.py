@@ -35,10 +35,9 @@ from sparsec.codegen.mlir.jit import (
 from sparsec.codegen.spec import KernelSpec, vector_length
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
-from sparsec.formats.cost import parallel_work
 from sparsec.runtime.module import SparseModule
 from sparsec.targets.cpu import natural_call
-from sparsec.targets.cpu.threads import run_kernels
+from sparsec.targets.cpu.threads import run_slabs
 
 #: torch dtype -> the kernels' element type (MLIR spelling); 16-bit kernels accumulate in f32
 KERNEL_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -391,11 +390,7 @@ class SparseLinear(SparseModule):
             offset += rows
             # keep the buffers alive until the kernel ran: the descriptors hold raw pointers
             tasks.append((kern, args, (res, o, xt)))
-        if len(tasks) > 1 and parallel_work(self.stored, n) < knobs.get("parallel_min_work"):
-            for kern, args, _ in tasks:
-                kern.call_refs(args)
-        else:
-            run_kernels(tasks)
+        run_slabs(tasks, self.stored, n)
         if total_rows != self.out_features:
             out = self._gather_rows(out)
         y = out.reshape(1, -1) if flat else out.t()

@@ -60,6 +60,20 @@ def run_kernels(calls: list[tuple]) -> None:
     run_parallel([lambda k=c[0], a=c[1]: k.call_refs(a) for c in calls])
 
 
+def run_slabs(tasks: list[tuple], stored: int, n: int) -> None:
+    """Run a layer's slab calls (``run_kernels``' tuples) for ``n`` rows of a weight storing ``stored``
+    values: on this thread when the work is below knob ``parallel_min_work`` (the handoff would cost more
+    than it saves), else in parallel."""
+    from sparsec import knobs
+    from sparsec.formats.cost import parallel_work
+
+    if len(tasks) > 1 and parallel_work(stored, n) < knobs.get("parallel_min_work"):
+        for kern, args, _ in tasks:
+            kern.call_refs(args)
+    else:
+        run_kernels(tasks)
+
+
 def default_threads() -> int:
     """Threads to use when the user did not say: torch's setting, capped by the cores we may use."""
     import torch
