@@ -83,6 +83,9 @@ class SparseLinear(SparseModule):
         super().__init__()
         if weight.dim() != 2:
             raise InputError(f"{name}: weight must be 2-d [out, in], got shape {tuple(weight.shape)}")
+        if fmt.own_kernels is not None:  # its buffers are not level buffers: its own module runs it
+            raise InputError(f"{name}: format {fmt.label!r} brings its own {fmt.own_kernels!r} kernels; run it "
+                             "through the CPU target's module for it (CpuTarget.module), not SparseLinear")
         self.layer_name = name
         self.fmt = fmt
         self.out_features, self.in_features = weight.shape

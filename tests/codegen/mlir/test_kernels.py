@@ -10,16 +10,19 @@ from hypothesis import strategies as st
 from sparsec.codegen.mlir.emit import emit_kernel
 from sparsec.codegen.mlir.jit import compile_kernel
 from sparsec.codegen.spec import KernelSpec
-from sparsec.errors import KernelCompileError
+from sparsec.errors import InputError, KernelCompileError
 from sparsec.formats import registry
 from sparsec.targets.cpu.sparse_linear import SparseLinear
 from tests.conftest import assert_close, random_weight, reference
 from tests.formats.test_formats import SPARSE, _pattern_for
 
+#: the formats SparseLinear runs; bitmap, nm2:4c and hybrid bring their own modules, tested in their files
+LEVEL_FORMATS = [f for f in SPARSE if f.own_kernels is None]
+
 
 @settings(max_examples=30, deadline=None)
 @given(
-    fmt=st.sampled_from(SPARSE),
+    fmt=st.sampled_from(LEVEL_FORMATS),
     rows=st.integers(1, 48),
     cols=st.integers(1, 48),
     n=st.sampled_from([1, 2, 5, 8, 17, 33]),
@@ -106,3 +109,11 @@ def test_kernel_buffers_survive_garbage_collection():
     assert_close(layer(x), reference(x, w))
     assert_close(layer(x[:1]), reference(x[:1], w))
     del junk
+
+
+@pytest.mark.parametrize("label", [f.label for f in SPARSE if f.own_kernels is not None])
+def test_sparse_linear_refuses_formats_with_their_own_kernels(label):
+    fmt = registry.get_format(label)
+    w = random_weight(16, 16, 0.5, 0, _pattern_for(fmt))
+    with pytest.raises(InputError, match="its own"):
+        SparseLinear("t", fmt, w, None, None, False)
