@@ -63,6 +63,9 @@ class SparseFormat:
     #: the kernel family of a format that brings its own kernels and buffers (``"bitmap"``: the CPU target
     #: runs it as CompactLinear, sparsec/targets/cpu/target.py); None: kernels from the level map
     own_kernels: str | None = None
+    #: whether gradients flow through the format's layers (False: the selector keeps it off weights that
+    #: require grad)
+    trains: bool = True
 
     @property
     def label(self) -> str:

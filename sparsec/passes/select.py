@@ -89,8 +89,9 @@ def _choose(layer, ctx: CompileContext, machine, requires_grad: bool = False) ->
     facts, n = layer.facts, layer.n
     for fmt in _candidates(ctx):
         why_not = fmt.accepts_layer(layer.dtype, layer.m.kind, ctx.target.name) or fmt.accepts(facts)
-        if why_not is None and requires_grad and not getattr(fmt, "trains", True):
-            why_not = f"{fmt.label} has no training path and this weight requires grad (compile under no_grad params)"
+        if why_not is None and requires_grad and not fmt.trains:
+            why_not = (f"{fmt.label} has no training path and this weight requires grad (freeze it with "
+                       "requires_grad_(False) to allow it)")
         if why_not is None and fmt.label != _DENSE:
             why_not = ctx.target.rejects(layer, fmt)  # e.g. no Triton kernel reads this level map
         if why_not is None and layer.quantize and fmt.label != _DENSE:
