@@ -21,7 +21,9 @@ loader fall back to lowering the saved program again).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import io
 import marshal
 import math
@@ -324,10 +326,28 @@ def read(path: Path, weights: dict[str, torch.Tensor], arrays: list[torch.Tensor
         return _Unpickler(f, weights, arrays).load()
 
 
+@contextlib.contextmanager
+def no_gc():
+    """Python's cyclic collector paused while a load builds its objects (restored as it was on exit).
+
+    Everything a load creates (fx nodes, modules, layers) stays reachable, so collections during it find
+    nothing, but each one walks the whole heap: a process that imported torch and transformers and built
+    BERT-base paid one full collection of ~0.2 s inside a 0.5 s graph-cache hit. With the collector paused
+    the load triggers one young collection when it ends instead of a chain of them reaching the oldest
+    generation; the process's own garbage is collected as before, later."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def python_tag() -> str:
     """The interpreter version marshal's code objects are specific to."""
     return f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-__all__ = ["encode_graph", "decode_graph", "write", "read", "read_weights", "tensor_names", "python_tag",
+__all__ = ["encode_graph", "decode_graph", "write", "read", "read_weights", "tensor_names", "python_tag", "no_gc",
            "PAYLOAD", "TENSORS"]

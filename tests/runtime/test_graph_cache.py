@@ -135,3 +135,48 @@ def test_parameter_order_does_not_matter(cache):
     assert _delta(before)["hits"] == 1
     with torch.no_grad():
         torch.testing.assert_close(_out(hit(*inputs)), _out(twin(*inputs)), rtol=1e-4, atol=1e-4)
+
+
+def _key(model, inputs):
+    from types import SimpleNamespace
+
+    from sparsec.compiler.options import CompileOptions
+
+    return graph_cache.key(SimpleNamespace(options=CompileOptions(target="cpu"), target="cpu"), model, inputs, {}, None)
+
+
+@pytest.mark.parametrize("digest", ["xxh3_128", "crc32"])
+@pytest.mark.parametrize("edit", ["one bit", "two signs", "negate", "transpose", "swap two", "tie"])
+def test_the_key_sees_every_weight_edit(digest, edit, monkeypatch):
+    """The weight digest is position-sensitive and covers every byte: edits a sum or xor of the words misses
+    (two sign flips, a negated or transposed square matrix, two values swapped) change the key too."""
+    import zlib
+
+    if digest == "crc32":
+        monkeypatch.setattr(graph_cache, "_digest_fn", lambda: ("crc32", zlib.crc32))
+    else:
+        pytest.importorskip("xxhash")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
+    inputs = (torch.randn(2, 16),)
+    with torch.no_grad():
+        model[2].weight.copy_(model[0].weight)  # equal values: only tying them ("tie") changes the model
+    before = _key(model, inputs)
+    assert _key(copy.deepcopy(model), inputs) == before  # deterministic across module objects
+    w = model[0].weight
+    with torch.no_grad():
+        if edit == "one bit":
+            w.view(torch.int32).view(-1)[77] ^= 1
+        elif edit == "two signs":
+            w.view(-1)[3].neg_()
+            w.view(-1)[200].neg_()
+        elif edit == "negate":
+            w.neg_()
+        elif edit == "transpose":
+            w.copy_(w.t().clone())
+        elif edit == "swap two":
+            a, b = w.view(-1)[5].item(), w.view(-1)[9].item()
+            w.view(-1)[5], w.view(-1)[9] = b, a
+        else:  # the same values, but the two Linears now share one weight
+            model[2].weight = model[0].weight
+    assert _key(model, inputs) != before
