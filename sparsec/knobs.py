@@ -98,6 +98,9 @@ _TABLE: tuple[Knob, ...] = (
     Knob("int8_dense_split_max_n", int, 16, None,
          "quantize='int8' dense layers: at most this many rows keep 8-bit activations (two exact 7-bit halves "
          "in one GEMM, twice the arithmetic); more rows quantize activations to 7 bits"),
+    Knob("int8_vnni", bool, True, "SPARSEC_INT8_VNNI",
+         "quantize='int8' CSR layers: the AVX512-VNNI kernel (vpdpbusd) on hosts with avx512_vnni + avx512bw; "
+         "off: the 16-bit-lane kernel everywhere"),
     Knob("int8_csr_slowdown", float, 1.35, None,
          "select, quantize='int8': the int8 CSR kernel's time over the f32 CSR kernel's (AVX2, no VNNI: measured)"),
     Knob("sddmm_max_density", float, 0.03, None, "gather: SDDMM kernel only at or below this density"),

@@ -3,8 +3,10 @@
 Both kinds compute ``act((Xq Wq^T) * sx[n] * sw[o] + bias) + residual``: ``Wq`` holds the weight quantized
 symmetrically per output channel (``sw[o] = max|W[o]| / 127``), ``Xq`` the input quantized symmetrically per
 token at every call (``sx[n] = max|X[n]| / 127``), values in [-127, 127]; ``Xq Wq^T`` is summed exactly in
-int32. ``Int8SparseLinear`` runs the int8 CSR kernel (sparsec/codegen/mlir/emit_int8.py), whose epilogue
-dequantizes and applies bias, activation and residual; ``Int8DenseLinear`` runs oneDNN's int8 GEMM
+int32. ``Int8SparseLinear`` runs an int8 CSR kernel whose epilogue dequantizes and applies bias, activation
+and residual: on hosts with AVX512-VNNI + AVX512-BW (knob ``int8_vnni``) the ``vpdpbusd`` kernel
+(sparsec/codegen/mlir/emit_int8_vnni.py: rows padded to quads of values, activations offset to u8) from
+``VNNI_MIN_N`` input rows, else the 16-bit-lane kernel (sparsec/codegen/mlir/emit_int8.py); ``Int8DenseLinear`` runs oneDNN's int8 GEMM
 (``torch.ops.onednn.qlinear_pointwise``, u8 x s8 with int32 sums) and the same epilogue as torch ops; its
 activations keep 7 bits (``DENSE_XMAX``) above knob ``int8_dense_split_max_n`` rows; at or below it they keep
 8 bits, split exactly into two 7-bit halves stacked into one GEMM. ``torch._int_mm`` is no option on this CPU: 590 ms for
@@ -18,21 +20,41 @@ reference computed from the unquantized weight on the same input. The report sho
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
 
 from sparsec import knobs
-from sparsec.codegen.mlir import emit_int8
-from sparsec.codegen.mlir.jit import ArgRef, numpy_descriptor, torch_descriptor
+from sparsec.codegen.mlir import emit_int8, emit_int8_quant, emit_int8_vnni
+from sparsec.codegen.mlir.jit import (
+    ArgRef,
+    CompiledKernel,
+    compile_kernel,
+    numpy_descriptor,
+    torch_descriptor,
+)
 from sparsec.codegen.spec import KernelSpec
 from sparsec.errors import InputError
 from sparsec.formats.base import PackedWeight, SparseFormat, aligned_copy
 from sparsec.runtime.module import SparseModule
 from sparsec.targets.cpu.sparse_linear import SparseLinear
+from sparsec.targets.cpu.threads import run_slabs
 
 #: the largest magnitude of a quantized value (symmetric: -128 is never produced, so two products fit in i16)
 QMAX = 127
+#: the fewest input rows the VNNI kernel runs (its N is padded to 16); below, the 16-bit-lane kernel: at N = 1
+#: it was faster (127 vs 174 us, 768x3072 90%, 1-thread CPU time), from N = 2 the VNNI kernel is
+VNNI_MIN_N = 2
+#: the u8 offset of the VNNI kernel's activations (vpdpbusd multiplies unsigned by signed bytes)
+U8_OFFSET = 128
+
+
+def vnni_host() -> bool:
+    """Whether int8 CSR layers pack for and run the VNNI kernel here: AVX512-VNNI + BW and knob ``int8_vnni``."""
+    return bool(knobs.get("int8_vnni")) and emit_int8_vnni.available()
+
+
 def int8_kernel(fmt: SparseFormat) -> bool:
     """Whether ``fmt`` has an int8 CPU kernel (CSR)."""
     return emit_int8.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2, dtype="i8"))
@@ -51,7 +73,9 @@ def quantize_rows(t: torch.Tensor, qmax: int = QMAX) -> tuple[torch.Tensor, torc
     t = t.float()
     amax = t.abs().amax(dim=1) if t.shape[1] else torch.zeros(t.shape[0])
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-    q = torch.round(t / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
+    # times the reciprocal rather than divided by the scale: what the VNNI input pass computes (a divide
+    # per element cost it ~0.1 ms at 128 x 3072), bit for bit
+    q = torch.round(t * (1 / scale)[:, None]).clamp_(-qmax, qmax).to(torch.int8)
     return q, scale
 
 
@@ -112,8 +136,6 @@ def measure_errors(gm: torch.fx.GraphModule, inputs: tuple) -> None:
 class Int8SparseLinear(_Measured, SparseLinear):
     """A CSR layer with int8 weights: the input is quantized per token at every call (see the module doc)."""
 
-    _TRANSIENT = (*SparseLinear._TRANSIENT, "_ref")
-
     def __init__(self, name: str, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
                  activation: str | None, has_residual: bool, threads: int = 1) -> None:
         if not int8_kernel(fmt):
@@ -126,6 +148,14 @@ class Int8SparseLinear(_Measured, SparseLinear):
 
     def _kernel_dtype(self, weight: torch.Tensor) -> str:
         return "i8"
+
+    def _use_slabs(self, slabs: list) -> None:
+        #: every row stores a multiple of 4 values (zero weights added): the VNNI kernel's quads; still CSR,
+        #: so the 16-bit-lane kernel runs on the same buffers (small N, a host without VNNI after a load)
+        self.quads = vnni_host()
+        if self.quads:
+            slabs = [(_quad_packed(p), b, rows) for p, b, rows in slabs]
+        super()._use_slabs(slabs)
 
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
         """Quantize the weight per output channel, then pack the integer values (as floats) by slab."""
@@ -148,7 +178,41 @@ class Int8SparseLinear(_Measured, SparseLinear):
     def _bind(self) -> None:
         super()._bind()
         for args, s in zip(self._fixed_args, self._scales, strict=True):
-            args.append(ArgRef(numpy_descriptor(s)))
+            args.append(ArgRef(numpy_descriptor(s), s))
+        #: per slab, the VNNI kernel's fixed arguments: pos, crd, the values as i32 quads, 128 * row sums, sw
+        self._vnni_args: list[list[ArgRef]] = []
+        self._vnni_kernels: dict[int, list[CompiledKernel]] = {}
+        if not self.quads:
+            return
+        for args, bufs in zip(self._fixed_args, self._kernel_buffers, strict=True):
+            pos, vals = bufs[0], bufs[2]
+            quads = vals.view(np.int32)
+            csum = np.concatenate([[0], np.cumsum(vals, dtype=np.int64)])
+            wsum = aligned_copy((U8_OFFSET * (csum[pos[1:]] - csum[pos[:-1]])).astype(np.int32))
+            self._vnni_args.append([args[0], args[1], ArgRef(numpy_descriptor(quads), quads),
+                                    ArgRef(numpy_descriptor(wsum), wsum), args[3]])
+
+    _TRANSIENT = (*SparseLinear._TRANSIENT, "_ref", "_vnni_args", "_vnni_kernels")
+
+    def _vnni_at(self, n: int) -> bool:
+        """Whether a call with ``n`` input rows runs the VNNI kernel."""
+        return self.quads and n >= VNNI_MIN_N and vnni_host()
+
+    def vnni_spec(self, packed: PackedWeight, n: int) -> emit_int8_vnni.VnniSpec:
+        """The VNNI kernel spec of one slab for ``n`` rows of input."""
+        rows, cols = packed.padded_shape
+        return emit_int8_vnni.VnniSpec(rows, cols, n, bias=self.slabs[0][1] is not None,
+                                       activation=self.activation, residual=self.has_residual,
+                                       index_bits=self.index_bits)
+
+    def kernels(self, n: int) -> list[CompiledKernel]:
+        """The compiled kernel of every slab for ``n`` input rows: the VNNI kernel where it runs."""
+        if not self._vnni_at(n):
+            return super().kernels(n)
+        ks = self._vnni_kernels.get(n)
+        if ks is None:
+            ks = self._vnni_kernels[n] = [compile_kernel(self.vnni_spec(p, n)) for p, _, _ in self.slabs]
+        return ks
 
     def spec(self, packed: PackedWeight, n: int) -> KernelSpec:
         return dataclasses.replace(super().spec(packed, n), form="scatter", k_tile=0, vl=0)
@@ -163,6 +227,59 @@ class Int8SparseLinear(_Measured, SparseLinear):
         xt = torch.zeros(cols, n, dtype=torch.int8)
         xt[: self.in_features] = xq.t()
         return (xt, sx), [ArgRef(torch_descriptor(xt)), ArgRef(torch_descriptor(sx))]
+
+    def _vnni_input(self, x2: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Xu^T [cols, padded_n(n)] (u8 values as int8 bits: xq + 128) with its N positions in the kernel's
+        unpack order, and the scales sx [n]: one MLIR pass (emit_int8_quant; torch's ops took twice the
+        kernel's time)."""
+        cols, n_pad = self.slabs[0][0].padded_shape[1], emit_int8_vnni.padded_n(n)
+        key = ("quant", n)
+        kern = self._vnni_kernels.get(key)
+        if kern is None:
+            kern = self._vnni_kernels[key] = compile_kernel(emit_int8_quant.QuantSpec(n, self.in_features, cols))
+        x2 = x2.contiguous()
+        sx = torch.empty(n)
+        # positions no token fills, and rows past in_features, are never read into a stored sum
+        xt = torch.empty((cols, n_pad), dtype=torch.int8)
+        inv = torch.empty(n)
+        kern.call_refs([ArgRef(torch_descriptor(x2)), ArgRef(torch_descriptor(sx)), ArgRef(torch_descriptor(inv)),
+                        ArgRef(torch_descriptor(xt.view(torch.int32).reshape(-1)))])
+        return xt, sx
+
+    def _run_io(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        ok = x.device.type == "cpu" and x.dim() >= 1 and x.shape[-1] == self.in_features
+        n = math.prod(x.shape[:-1]) if ok else 0
+        if n == 0 or not self._vnni_at(n):  # bad inputs get SparseLinear's errors
+            return super()._run_io(x, residual)
+        lead = x.shape[:-1]
+        x2 = x.reshape(n, self.in_features)
+        r2 = residual.reshape(n, self.out_features) if residual is not None else None
+        kernels = self.kernels(n)
+        xt, sx = self._vnni_input(x2, n)
+        x_args = [ArgRef(torch_descriptor(xt)), ArgRef(torch_descriptor(sx))]
+        total_rows = sum(p.padded_shape[0] for p, _, _ in self.slabs)
+        out = torch.empty((total_rows, n))
+        if knobs.get("poison_outputs"):
+            out.fill_(float("nan"))
+        tasks, offset = [], 0
+        for s, ((packed, _, (r0, r1)), kern) in enumerate(zip(self.slabs, kernels, strict=True)):
+            rows = packed.padded_shape[0]
+            args = [*self._vnni_args[s], *x_args]
+            if self._bias_args[s] is not None:
+                args.append(self._bias_args[s])
+            res = None
+            if r2 is not None:
+                res = torch.zeros((rows, n))
+                res[: r1 - r0] = r2[:, r0:r1].t()
+                args.append(ArgRef(torch_descriptor(res)))
+            o = out[offset : offset + rows]
+            args.append(ArgRef(torch_descriptor(o)))
+            offset += rows
+            tasks.append((kern, args, (res, o, xt, sx)))  # the descriptors hold raw pointers: keep them alive
+        run_slabs(tasks, self.stored, n)
+        if total_rows != self.out_features:
+            out = self._gather_rows(out)
+        return out.t().reshape(*lead, self.out_features)
 
     def run(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._no_grad(x, residual)
@@ -271,6 +388,14 @@ class Float32Linear(SparseModule):
 
     def extra_repr(self) -> str:
         return f"{self.layer_name}: {self.in_features}->{self.out_features} float32 dense (int8 error too large)"
+
+
+def _quad_packed(packed: PackedWeight) -> PackedWeight:
+    """``packed`` (CSR) with every row's values padded to a multiple of 4 (emit_int8_vnni.pad_quads)."""
+    pos, crd, vals = (packed.buffers[k] for k in ("pos1", "crd1", "values"))
+    pos4, crd4, vals4 = emit_int8_vnni.pad_quads(pos, crd, vals)
+    return dataclasses.replace(packed, buffers={"pos1": aligned_copy(pos4), "crd1": aligned_copy(crd4),
+                                                "values": aligned_copy(vals4)})
 
 
 def int8_module(name: str, fmt: SparseFormat, weight: torch.Tensor, bias: torch.Tensor | None,
