@@ -101,6 +101,9 @@ _TABLE: tuple[Knob, ...] = (
     Knob("int8_vnni", bool, True, "SPARSEC_INT8_VNNI",
          "quantize='int8' CSR layers: the AVX512-VNNI kernel (vpdpbusd) on hosts with avx512_vnni + avx512bw; "
          "off: the 16-bit-lane kernel everywhere"),
+    Knob("int8_vnni_min_n", int, 2, None,
+         "quantize='int8' CSR layers: the fewest input rows the VNNI kernel runs (its N is padded to 16; at N = 1 "
+         "the 16-bit-lane kernel measured 127 vs 174 us, 768x3072 90%, 1-thread CPU time)"),
     Knob("int8_csr_slowdown", float, 1.35, None,
          "select, quantize='int8': the int8 CSR kernel's time over the f32 CSR kernel's (AVX2, no VNNI: measured)"),
     Knob("sddmm_max_density", float, 0.03, None, "gather: SDDMM kernel only at or below this density"),

@@ -5,8 +5,9 @@ symmetrically per output channel (``sw[o] = max|W[o]| / 127``), ``Xq`` the input
 token at every call (``sx[n] = max|X[n]| / 127``), values in [-127, 127]; ``Xq Wq^T`` is summed exactly in
 int32. ``Int8SparseLinear`` runs an int8 CSR kernel whose epilogue dequantizes and applies bias, activation
 and residual: on hosts with AVX512-VNNI + AVX512-BW (knob ``int8_vnni``) the ``vpdpbusd`` kernel
-(sparsec/codegen/mlir/emit_int8_vnni.py: rows padded to quads of values, activations offset to u8) from
-``VNNI_MIN_N`` input rows, else the 16-bit-lane kernel (sparsec/codegen/mlir/emit_int8.py); ``Int8DenseLinear`` runs oneDNN's int8 GEMM
+(sparsec/codegen/mlir/emit_int8_vnni.py: rows padded to quads of values, activations offset to u8 by the
+input pass of emit_int8_quant.py) from knob ``int8_vnni_min_n`` input rows, else the 16-bit-lane kernel
+(sparsec/codegen/mlir/emit_int8.py); ``Int8DenseLinear`` runs oneDNN's int8 GEMM
 (``torch.ops.onednn.qlinear_pointwise``, u8 x s8 with int32 sums) and the same epilogue as torch ops; its
 activations keep 7 bits (``DENSE_XMAX``) above knob ``int8_dense_split_max_n`` rows; at or below it they keep
 8 bits, split exactly into two 7-bit halves stacked into one GEMM. ``torch._int_mm`` is no option on this CPU: 590 ms for
@@ -43,9 +44,6 @@ from sparsec.targets.cpu.threads import run_slabs
 
 #: the largest magnitude of a quantized value (symmetric: -128 is never produced, so two products fit in i16)
 QMAX = 127
-#: the fewest input rows the VNNI kernel runs (its N is padded to 16); below, the 16-bit-lane kernel: at N = 1
-#: it was faster (127 vs 174 us, 768x3072 90%, 1-thread CPU time), from N = 2 the VNNI kernel is
-VNNI_MIN_N = 2
 #: the u8 offset of the VNNI kernel's activations (vpdpbusd multiplies unsigned by signed bytes)
 U8_OFFSET = 128
 
@@ -196,7 +194,7 @@ class Int8SparseLinear(_Measured, SparseLinear):
 
     def _vnni_at(self, n: int) -> bool:
         """Whether a call with ``n`` input rows runs the VNNI kernel."""
-        return self.quads and n >= VNNI_MIN_N and vnni_host()
+        return self.quads and n >= knobs.get("int8_vnni_min_n") and vnni_host()
 
     def vnni_spec(self, packed: PackedWeight, n: int) -> emit_int8_vnni.VnniSpec:
         """The VNNI kernel spec of one slab for ``n`` rows of input."""
