@@ -46,15 +46,17 @@ import torch
 from torch.utils import _pytree as pytree
 
 from sparsec.compiler import graph_io
-from sparsec.compiler.frozen import Frozen, SavedProgram, Seed
+from sparsec.compiler.frozen import Frozen, SavedProgram, Seed, attach_weights, save_program
 from sparsec.errors import InputError, UnsupportedError
 from sparsec.runtime.module import SparseModule
 from sparsec.version import __version__
 
 log = logging.getLogger("sparsec")
-FORMAT_VERSION = 2
-#: versions this sparsec reads: 1 held only the program and the formats (lowered again on load)
-READS = (1, 2)
+FORMAT_VERSION = 3
+#: versions this sparsec reads: 1 held only the program and the formats (lowered again on load); 2 stored
+#: every weight twice (dense in tensors.bin and again inside program.pt2); 3 stores each once, and the dense
+#: weights of layers that run packed zero-compressed (sparsec/compiler/saved_weights.py)
+READS = (1, 2, 3)
 _OPT_LEVEL = 3  # the opt level every CPU kernel is compiled at (jit.compile_kernel's default)
 
 
@@ -151,11 +153,6 @@ def save(cm, path: str | Path, *, weights: bool = True, program: bool = True, ke
     shutil.rmtree(path, ignore_errors=True)
     (path / "kernels").mkdir(parents=True)
     primary = cm._primary
-    if program:
-        if isinstance(primary.captured, SavedProgram):
-            primary.captured.write(path / "program.pt2")
-        else:
-            torch.export.save(primary.captured.program, path / "program.pt2")
     source, keys = _source_tensors(cm)
     lowered = True
     try:
@@ -168,6 +165,10 @@ def save(cm, path: str | Path, *, weights: bool = True, program: bool = True, ke
         lowered = False
         for name in (graph_io.PAYLOAD, graph_io.TENSORS):
             (path / name).unlink(missing_ok=True)
+    stripped: list[str] = []
+    if program:
+        # tensors.bin holds the weights (when it was written with them): the program is saved without them
+        stripped = _write_program(primary.captured, path / "program.pt2", source if weights and lowered else {})
     if not program or not lowered:
         torch.save({"flat": cm._example_flat, "spec": pytree.treespec_dumps(cm._in_spec)}, path / "inputs.pt")
     libs = {}
@@ -184,9 +185,17 @@ def save(cm, path: str | Path, *, weights: bool = True, program: bool = True, ke
         "options": options, "dynamic": primary.captured.dynamic,
         "formats": {layer.name: layer.format for layer in layers_of(primary.module)}, "kernels": libs,
         "lowered": lowered, "weights": weights, "program": program, "state_dict_keys": keys,
+        "program_stripped": stripped,
     }
     (path / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return path
+
+
+def _write_program(captured, dest: Path, source) -> list[str]:
+    """Write ``program.pt2`` without the weights ``source`` holds (frozen.save_program); their names."""
+    if isinstance(captured, SavedProgram):
+        return captured.write(dest, source)
+    return save_program(captured.program, dest, source)
 
 
 def _pytree_modules(*specs) -> list[str]:
@@ -281,8 +290,11 @@ def _sparsec_version() -> str:
 
 
 def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, target: str, payload: dict,
-            weights: dict[str, torch.Tensor]):
-    """The ``Variant`` the payload describes, its tensors bound to ``model``'s (or to the saved weights)."""
+            weights):
+    """The ``Variant`` the payload describes, its tensors bound to ``model``'s (or to the saved weights).
+
+    ``weights``: the saved weights (``saved_weights.SavedWeights``, or {} for a graph-cache entry), which
+    the program (read only if needed) gets back."""
     from sparsec.compiler.context import CompileContext
     from sparsec.compiler.pipeline import layers_of
     from sparsec.compiler.variant import Variant
@@ -295,7 +307,7 @@ def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, 
     program = None
     if manifest.get("program", True):
         program = path / "program.pt2"
-    captured = SavedProgram(program, manifest["dynamic"])
+    captured = SavedProgram(program, manifest["dynamic"], weights, manifest.get("program_stripped", ()))
     variant = Variant(captured, gm, ctx, payload["report"], payload["specs"], payload["out_spec"])
     frozen = model is None
     for layer in layers_of(gm):
@@ -312,8 +324,13 @@ def restore(path: Path, manifest: dict, model: torch.nn.Module | None, options, 
 def load_args(path: str | Path, model: torch.nn.Module | None = None) -> dict:
     """The CompiledModel constructor's arguments for the model saved at ``path``: frozen, or bound to ``model``
     (see the module docstring). ``sparsec.load`` (sparsec/compiler/compiled_model.py) builds the model from
-    them, so this module never imports the class that imports it."""
-    path = Path(path)
+    them, so this module never imports the class that imports it. Runs with Python's cyclic collector paused
+    (``graph_io.no_gc``: a full collection of the caller's heap cost more than the load itself)."""
+    with graph_io.no_gc():
+        return _load_args(Path(path), model)
+
+
+def _load_args(path: Path, model: torch.nn.Module | None) -> dict:
     manifest = read_manifest(path)
     env = manifest["environment"]
     if env.get("torch") != torch.__version__:
@@ -331,14 +348,15 @@ def load_args(path: str | Path, model: torch.nn.Module | None = None) -> dict:
     saved, arrays = graph_io.read_weights(path)
     if model is not None and manifest.get("weights", True) and not _same_weights(model, saved):
         warnings.warn("sparsec: the model's weights differ from the saved ones; compiling it afresh", stacklevel=2)
-        payload = graph_io.read(path, saved, arrays)
+        payload = graph_io.read(path, saved, arrays, frozen=True)
         args, kwargs = pytree.tree_unflatten(payload["example_flat"], payload["in_spec"])
         return _args(model, args, kwargs, options, manifest["target"])
     bind = graph_io.tensor_names(model) if model is not None else saved
-    payload = graph_io.read(path, bind, arrays)
+    payload = graph_io.read(path, bind, arrays, frozen=model is None)
     source = model
     if model is None:
-        program = SavedProgram(path / "program.pt2" if manifest.get("program", True) else None, manifest["dynamic"])
+        program = SavedProgram(path / "program.pt2" if manifest.get("program", True) else None, manifest["dynamic"],
+                               saved, manifest.get("program_stripped", ()))
         source = Frozen(saved, manifest.get("state_dict_keys", list(saved)), program)
     variant = restore(path, manifest, model, options, manifest["target"], payload, saved)
     if model is None:
@@ -358,33 +376,45 @@ def _load_program(path: Path, manifest: dict, model: torch.nn.Module | None, opt
 
     if not manifest.get("program", True):
         raise UnsupportedError(f"{path}: its lowered graph cannot be used here and it holds no program")
+    stripped = manifest.get("program_stripped", [])
+    saved = graph_io.read_weights(path)[0] if stripped else {}
     if (path / "inputs.pt").exists():
         inputs = torch.load(path / "inputs.pt", weights_only=True)
         args, kwargs = pytree.tree_unflatten(inputs["flat"], pytree.treespec_loads(inputs["spec"]))
     else:
         saved, arrays = graph_io.read_weights(path)
-        payload = graph_io.read(path, saved, arrays)
+        payload = graph_io.read(path, saved, arrays, frozen=True)
         args, kwargs = pytree.tree_unflatten(payload["example_flat"], payload["in_spec"])
     program = torch.export.load(path / "program.pt2")
+    attach_weights(program, stripped, saved)  # a version-3 program is saved without them
     gm = program.module()
     if model is not None and not _same_weights(model, gm.state_dict()):
         warnings.warn("sparsec: the model's weights differ from the saved ones; compiling it afresh", stacklevel=2)
         return _args(model, args, kwargs, options, manifest["target"])
     seed = Seed(Captured(program, gm, manifest["dynamic"]), manifest["formats"])
     if model is None:
-        saved_program = SavedProgram(path / "program.pt2", manifest["dynamic"])
+        saved_program = SavedProgram(path / "program.pt2", manifest["dynamic"], saved, stripped)
         saved_program._program = program
         weights = program.module().state_dict()
         model = Frozen(dict(weights), manifest.get("state_dict_keys", list(weights)), saved_program)
     return _args(model, args, kwargs, options, manifest["target"], seed=seed)
 
 
-def _same_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> bool:
-    """True when ``model`` has every saved tensor, with equal shape, dtype and values."""
+def _same_weights(model: torch.nn.Module, saved) -> bool:
+    """True when ``model`` has every saved tensor, with equal shape, dtype and values (a zero-compressed one
+    is compared without rebuilding it)."""
     ours = graph_io.tensor_names(model)
-    for name, t in saved.items():
+    matches = getattr(saved, "matches", None)
+    for name in saved:
         o = ours.get(name)
-        if o is None or o.shape != t.shape or o.dtype != t.dtype or not torch.equal(o.detach(), t):
+        if o is None:
+            return False
+        if matches is not None:
+            if not matches(name, o):
+                return False
+            continue
+        t = saved[name]
+        if o.shape != t.shape or o.dtype != t.dtype or not torch.equal(o.detach(), t):
             return False
     return True
 

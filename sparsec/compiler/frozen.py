@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,13 @@ class SavedProgram:
 
     Stands in for ``sparsec.compiler.capture.Captured`` in a loaded variant: ``dynamic`` is known from the
     manifest; ``program`` deserializes the file (seconds for BERT-base), which only a new input shape on a
-    frozen model or saving the model again needs."""
+    frozen model or saving the model again needs. A version-3 ``program.pt2`` is stored without the weights
+    that ``tensors.bin`` holds (``stripped``: their names); they are put back from ``weights`` on load."""
 
-    def __init__(self, source: Path | bytes | None, dynamic: bool) -> None:
+    def __init__(self, source: Path | bytes | None, dynamic: bool, weights: Mapping | None = None,
+                 stripped: list[str] | tuple = ()) -> None:
         self.source, self.dynamic, self._program = source, dynamic, None
+        self.weights, self.stripped = weights, list(stripped)
         # a graph-cache entry (saved without its program) bound to the user's module captures it again
         # when the program is needed (saving, pickling, deepcopy): () -> ExportedProgram
         self.recapture = None
@@ -50,17 +54,66 @@ class SavedProgram:
                 raise UnsupportedError(f"{self.source} is gone: a loaded model reads its program from the artifact "
                                        f"directory when it needs it (keep the directory)")
             src = io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source
-            self._program = torch.export.load(src)
+            program = torch.export.load(src)
+            if self.stripped:
+                attach_weights(program, self.stripped, self.weights or {})
+            self._program = program
         return self._program
 
-    def write(self, dest: Path) -> None:
-        """Write ``program.pt2`` to ``dest`` without deserializing it."""
-        if self._program is not None or self.source is None:
-            torch.export.save(self.program, dest)
-        elif isinstance(self.source, bytes):
-            dest.write_bytes(self.source)
-        else:
-            shutil.copyfile(self.source, dest)
+    def write(self, dest: Path, source: Mapping[str, torch.Tensor]) -> list[str]:
+        """Write ``program.pt2`` to ``dest`` (copied without deserializing it when its stripped weights are
+        all in ``source``, the tensors the new artifact stores); the names of the weights left out."""
+        if self._program is None and self.source is not None and all(n in source for n in self.stripped):
+            if isinstance(self.source, bytes):
+                dest.write_bytes(self.source)
+            else:
+                shutil.copyfile(self.source, dest)
+            return list(self.stripped)
+        return save_program(self.program, dest, source)
+
+
+def save_program(program: torch.export.ExportedProgram, dest: Path, source: Mapping[str, torch.Tensor]) -> list[str]:
+    """``torch.export.save`` of ``program`` without the weights and constants ``source`` holds under the same
+    name with equal values (replaced by meta tensors while saving); their names, for ``attach_weights``.
+
+    The artifact stores those bytes once, in ``tensors.bin``: BERT-base's program.pt2 was 439 MB of weights
+    stored a second time."""
+    stores = [program._state_dict, program._constants]
+    saved: list[tuple[dict, str, torch.Tensor]] = []
+    for store in stores:
+        for name, t in list(store.items()):
+            ours = source.get(name) if isinstance(t, torch.Tensor) else None
+            if ours is None or t.device.type == "meta":
+                continue
+            same = ours is t or (ours.shape == t.shape and ours.dtype == t.dtype and torch.equal(ours.detach(), t.detach()))
+            if not same:
+                continue
+            meta = torch.empty_like(t, device="meta")
+            store[name] = torch.nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(
+                t, torch.nn.Parameter) else meta
+            saved.append((store, name, t))
+    try:
+        torch.export.save(program, dest)
+    finally:
+        for store, name, t in saved:
+            store[name] = t
+    return sorted({name for _, name, _ in saved})
+
+
+def attach_weights(program: torch.export.ExportedProgram, names: list[str], weights: Mapping[str, torch.Tensor]) -> None:
+    """Put the weights ``save_program`` left out back into a loaded ``program`` (the saved tensors, by name)."""
+    for name in names:
+        if name not in weights:
+            raise UnsupportedError(f"the saved program's weight {name!r} is missing from the artifact's tensors")
+        t = weights[name]
+        for store in (program._state_dict, program._constants):
+            old = store.get(name)
+            if isinstance(old, torch.Tensor):
+                if old.shape != t.shape or old.dtype != t.dtype:
+                    raise UnsupportedError(f"the saved program's weight {name!r} is {old.dtype} "
+                                           f"{tuple(old.shape)}, the artifact holds {t.dtype} {tuple(t.shape)}")
+                store[name] = torch.nn.Parameter(t, requires_grad=old.requires_grad) if isinstance(
+                    old, torch.nn.Parameter) else t
 
 
 class Frozen(torch.nn.Module):

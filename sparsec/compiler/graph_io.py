@@ -31,12 +31,15 @@ import pickle
 import sys
 import types
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.node import map_aggregate, map_arg
+
+from sparsec.compiler.saved_weights import SavedWeights, compress
 
 PAYLOAD, TENSORS = "compiled.pkl", "tensors.bin"
 
@@ -180,17 +183,27 @@ def _guard_code(fn) -> types.CodeType:
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file, names: dict[int, str]) -> None:
+    def __init__(self, file, names: dict[int, str], refs: set[int]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.names = names  # id(tensor) -> the source model's name for it
+        self.refs = refs  # ids of the runtime modules' ``train_refs`` tuples
         self.arrays: list[torch.Tensor] = []
         self.seen: dict[int, int] = {}
         self.keep: list = []  # objects whose id is a key of seen must outlive the pickling
+        self.read_names: set[str] = set()  # source tensors the graph reads (stored by name, "w")
+        self.ref_names: set[str] = set()  # source tensors only a train_refs tuple names ("refs")
 
     def persistent_id(self, obj):
+        if id(obj) in self.refs and all(t is None or id(t) in self.names for t in obj):
+            # the parameters a sparse layer's gradients go to: a frozen load has none (it drops them), so
+            # the weights they name need not be stored dense (saved_weights.py)
+            names = tuple(None if t is None else self.names[id(t)] for t in obj)
+            self.ref_names.update(n for n in names if n is not None)
+            return ("refs", names)
         if isinstance(obj, torch.Tensor):
             param = isinstance(obj, torch.nn.Parameter)
             if id(obj) in self.names:
+                self.read_names.add(self.names[id(obj)])
                 return ("w", self.names[id(obj)], param, obj.requires_grad)
             return ("t", self._index(obj, obj.detach()), param, obj.requires_grad)
         if isinstance(obj, np.ndarray):
@@ -212,18 +225,19 @@ class _Pickler(pickle.Pickler):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, weights: dict[str, torch.Tensor], arrays: list[torch.Tensor]) -> None:
+    def __init__(self, file, weights: Mapping[str, torch.Tensor], arrays: list[torch.Tensor], frozen: bool) -> None:
         super().__init__(file)
-        self.weights, self.arrays = weights, arrays
+        self.weights, self.arrays, self.frozen = weights, arrays, frozen
         self.views: dict[int, object] = {}
 
     def persistent_load(self, pid):
         kind = pid[0]
+        if kind == "refs":  # a frozen model's layers take no gradient: no parameters to name
+            if self.frozen:
+                return None
+            return tuple(None if n is None else self._weight(n) for n in pid[1])
         if kind == "w":
-            t = self.weights.get(pid[1])
-            if t is None:
-                raise KeyError(pid[1])
-            return t
+            return self._weight(pid[1])
         if kind == "t":
             t = self.arrays[pid[1]]
             if pid[2]:
@@ -240,6 +254,24 @@ class _Unpickler(pickle.Unpickler):
         if kind == "guards":
             return _rebuild_guards(pid[1])
         raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+
+    def _weight(self, name: str) -> torch.Tensor:
+        t = self.weights.get(name)
+        if t is None:
+            raise KeyError(name)
+        return t
+
+
+def _train_refs(payload) -> set[int]:
+    """The ids of every ``train_refs`` tuple of the runtime modules the payload's graph calls."""
+    owned = payload.get("graph", {}).get("owned", {}) if isinstance(payload, dict) else {}
+    out = set()
+    for obj in owned.values():
+        for m in obj.modules() if isinstance(obj, torch.nn.Module) else ():
+            refs = getattr(m, "train_refs", None)
+            if isinstance(refs, tuple):
+                out.add(id(refs))
+    return out
 
 
 def tensor_names(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -264,22 +296,32 @@ def write(path: Path, payload: dict, source: dict[str, torch.Tensor], weights: b
     """Write ``payload`` (any picklable structure of graphs, modules, tensors, arrays) into ``path``.
 
     ``source``: the source model's tensors by name; those are stored by name, and their data too when
-    ``weights`` (a frozen load then computes with them). Every tensor's bytes go into one file, ``tensors.bin``,
-    at 64-byte aligned offsets; ``compiled.pkl`` starts with their index (offset, dtype, shape)."""
+    ``weights`` (a frozen load then computes with them): dense, or zero-compressed (saved_weights.py) when
+    only a sparse layer's ``train_refs`` name it and it is sparse enough. Every tensor's bytes go into one
+    file, ``tensors.bin``, at 64-byte aligned offsets; ``compiled.pkl`` starts with their index (offset, dtype,
+    shape) and which slots hold which weight."""
     names = {}
     for name, t in source.items():
         names.setdefault(id(t), name)
     buf = io.BytesIO()
-    pickler = _Pickler(buf, names)
+    pickler = _Pickler(buf, names, _train_refs(payload))
     pickler.dump(payload)
     tensors = list(pickler.arrays)
     slot: dict[int, int] = {}
-    stored = {}
+    stored, packed = {}, {}
+    only_refs = pickler.ref_names - pickler.read_names
     for name, t in source.items() if weights else ():
-        if id(t) not in slot:
+        if id(t) in slot:
+            stored[name] = slot[id(t)]
+            continue
+        parts = compress(t) if name in only_refs else None
+        if parts is None:
             slot[id(t)] = len(tensors)
             tensors.append(t.detach())
-        stored[name] = slot[id(t)]
+            stored[name] = slot[id(t)]
+        else:
+            packed[name] = (*range(len(tensors), len(tensors) + len(parts)), tuple(t.shape))
+            tensors.extend(parts)
     entries, offset = [], 0
     with open(path / TENSORS, "wb") as f:
         for t in tensors:
@@ -293,15 +335,15 @@ def write(path: Path, payload: dict, source: dict[str, torch.Tensor], weights: b
             f.write(memoryview(data))
             entries.append((offset, str(t.dtype).replace("torch.", ""), tuple(t.shape), t.device.type))
             offset += data.nbytes
-    index = {"entries": entries, "arrays": len(pickler.arrays), "weights": stored}
+    index = {"entries": entries, "arrays": len(pickler.arrays), "weights": stored, "compressed": packed}
     with open(path / PAYLOAD, "wb") as f:
         pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
         f.write(buf.getvalue())
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+def read_weights(path: Path) -> tuple[SavedWeights, list[torch.Tensor]]:
     """The saved weights (possibly none) and arrays: views of ``tensors.bin`` mapped copy-on-write (writes to
-    them, e.g. refreshed values, stay in this process)."""
+    them, e.g. refreshed values, stay in this process); zero-compressed weights are rebuilt on access."""
     with open(path / PAYLOAD, "rb") as f:
         index = pickle.load(f)
     size = (path / TENSORS).stat().st_size
@@ -314,16 +356,22 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[torch.Tensor
         t = base[offset : offset + n].view(dt).reshape(shape)
         tensors.append(t if device == "cpu" else t.to(device))
     arrays = tensors[: index["arrays"]]
-    return {name: tensors[k] for name, k in index["weights"].items()}, arrays
+    dense = {name: tensors[k] for name, k in index["weights"].items()}
+    packed = {name: (*(tensors[k] for k in slots[:-1]), tuple(slots[-1]))
+              for name, slots in index.get("compressed", {}).items()}
+    return SavedWeights(dense, packed), arrays
 
 
-def read(path: Path, weights: dict[str, torch.Tensor], arrays: list[torch.Tensor]) -> dict:
-    """The payload ``write`` stored, with the source model's tensors taken from ``weights`` by name."""
+def read(path: Path, weights: Mapping[str, torch.Tensor], arrays: list[torch.Tensor], frozen: bool = False) -> dict:
+    """The payload ``write`` stored, with the source model's tensors taken from ``weights`` by name.
+
+    ``frozen``: the runtime modules' ``train_refs`` come back as None (no gradients), so the weights only they
+    name are not looked up (a zero-compressed one is not rebuilt)."""
     with open(path / PAYLOAD, "rb") as f, warnings.catch_warnings():
         pickle.load(f)  # the index (read_weights)
         # rebuilding a pickled pytree LeafSpec trips torch's deprecation of isinstance(spec, LeafSpec)
         warnings.simplefilter("ignore", FutureWarning)
-        return _Unpickler(f, weights, arrays).load()
+        return _Unpickler(f, weights, arrays, frozen).load()
 
 
 @contextlib.contextmanager

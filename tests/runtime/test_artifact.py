@@ -203,3 +203,65 @@ def test_bound_load_reads_the_users_tensors(tmp_path, bert):
     assert mods and all(id(m.train_refs[0]) in params for m in mods)  # the sparse layers' gradients reach own
     frozen = sparsec.load(tmp_path / "m")
     assert not any(getattr(m, "train_refs", None) for m in frozen.graph_module.modules())
+
+
+def _bits(t):
+    from sparsec.compiler.saved_weights import _bits as bits
+
+    return bits(t)
+
+
+def test_weights_are_stored_once(tmp_path, bert):
+    """Format 3: program.pt2 carries no weights (tensors.bin does), the dense weights of layers that run packed
+    are zero-compressed, a frozen load never rebuilds them, and state_dict() gives them back bit for bit."""
+    from sparsec.compiler import graph_io
+
+    model, inputs, cm = bert
+    cm.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["format_version"] == 3 and manifest["program_stripped"]
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert (tmp_path / "m" / "program.pt2").stat().st_size < weight_bytes / 4
+    saved, _ = graph_io.read_weights(tmp_path / "m")
+    packed = saved.compressed()
+    sparse = {x.name for x in cm.report().layers if x.format != "dense"}
+    assert packed and all(any(n.startswith(s) for s in sparse) for n in packed)
+    loaded = sparsec.load(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(_out(loaded(*inputs)), _out(cm(*inputs)), rtol=0, atol=0)
+    assert not set(packed) & set(loaded._model[0]._saved._dense)  # never rebuilt by loading or calling
+    sd, ref = loaded.state_dict(), model.state_dict()
+    assert set(sd) == set(ref)
+    for k in ref:  # bit for bit: the -0.0 a masked prune leaves come back as -0.0
+        assert torch.equal(_bits(sd[k]), _bits(ref[k])), k
+    assert any((_bits(ref[k]) == torch.iinfo(torch.int32).min).any() for k in packed if ref[k].dtype == torch.float32)
+    ids, mask = zoo.bert_inputs(3, 12)  # another shape: the saved program, its weights put back
+    torch.testing.assert_close(_out(loaded(ids, mask)), _out(model(ids, mask)), rtol=1e-4, atol=1e-4)
+    loaded.save(tmp_path / "again")  # the stripped program is copied; its weights are in the new tensors.bin
+    again = sparsec.load(tmp_path / "again")
+    torch.testing.assert_close(_out(again(ids, mask)), _out(model(ids, mask)), rtol=1e-4, atol=1e-4)
+
+
+def test_version_2_artifact_still_loads_and_unknown_versions_are_refused(tmp_path, monkeypatch, bert):
+    """A format-2 artifact (every weight dense in tensors.bin and again in program.pt2) loads as before."""
+    from sparsec.compiler import artifact, graph_io
+
+    model, inputs, cm = bert
+    monkeypatch.setattr(graph_io, "compress", lambda t: None)
+    monkeypatch.setattr(artifact, "save_program", lambda program, dest, source: torch.export.save(program, dest) or [])
+    cm.save(tmp_path / "m")
+    monkeypatch.undo()
+    path = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 2
+    del manifest["program_stripped"]
+    path.write_text(json.dumps(manifest))
+    loaded = sparsec.load(tmp_path / "m")
+    ids, mask = zoo.bert_inputs(3, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(_out(loaded(*inputs)), _out(cm(*inputs)), rtol=0, atol=0)
+        torch.testing.assert_close(_out(loaded(ids, mask)), _out(model(ids, mask)), rtol=1e-4, atol=1e-4)
+    manifest["format_version"] = 99
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UnsupportedError, match="artifact format 99, this sparsec reads"):
+        sparsec.load(tmp_path / "m")
