@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         cm.save(path)
         size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
         parts = ", ".join(f"{p.name} {sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob('*')) if f.is_file()) / 1e6:.1f}"
-                          for p in sorted(path.iterdir()))  # program.pt2 holds the dense weights again
+                          for p in sorted(path.iterdir()))  # format 3: each weight once (docs/artifacts.md)
         for _ in range(rounds):
             for mode in ("load", "compile"):
                 results[mode].append(_run(mode, path, state, layers, cache, args.threads))

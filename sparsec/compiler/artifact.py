@@ -3,10 +3,12 @@
 An artifact is one directory:
 
 - ``compiled.pkl`` + ``tensors.bin``: the lowered graph, its runtime modules, packed buffers, layers, report and
-  stage texts (sparsec/compiler/graph_io.py); ``tensors.bin`` also holds the source model's weights and is
+  stage texts (sparsec/compiler/graph_io.py); ``tensors.bin`` also holds the source model's weights, each once
+  (the dense weight of a layer that runs packed zero-compressed: sparsec/compiler/saved_weights.py), and is
   memory-mapped on load;
-- ``program.pt2``: the captured program (``torch.export.save``), read only when needed: a new input shape on a
-  frozen model, saving a loaded model again, or an artifact whose lowered graph cannot be used here;
+- ``program.pt2``: the captured program (``torch.export.save``) without the weights ``tensors.bin`` holds
+  (frozen.save_program; put back on load), read only when needed: a new input shape on a frozen model, saving
+  a loaded model again, or an artifact whose lowered graph cannot be used here;
 - ``kernels/``: the compiled CPU kernels' shared libraries, as the disk cache built them, with their records;
 - ``manifest.json``: format version, package versions, Python, CPU, the code generator's hash (what makes the
   kernels valid), the compile options, the target, every layer's selected format and each library's SHA-256.

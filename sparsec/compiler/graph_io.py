@@ -11,7 +11,8 @@ packing: about 0.1 s for BERT-base, against ~5 s to deserialize the exported pro
   model's parameters or buffers is stored by its name instead, so loading can bind it to the user's module
   (or to the saved weights, for a frozen model).
 - ``tensors.bin``: the bytes of every stored tensor and array (the source weights, when saved, and the packed
-  buffers) at 64-byte aligned offsets (the AVX-512 kernels want aligned buffers), mapped copy-on-write on load
+  buffers; a source weight that only a layer's ``train_refs`` name is zero-compressed, saved_weights.py, and a
+  frozen load reads ``train_refs`` as None without touching it) at 64-byte aligned offsets (the AVX-512 kernels want aligned buffers), mapped copy-on-write on load
   (``numpy.memmap``): nothing is copied or parsed per tensor. The index is the first pickle of ``compiled.pkl``.
 
 The guard function torch.export inserts (``_guards_fn``, a function built with ``exec``) is stored as its code
