@@ -8,8 +8,8 @@ and residual: on hosts with AVX512-VNNI + AVX512-BW (knob ``int8_vnni``) the ``v
 (sparsec/codegen/mlir/emit_int8_vnni.py: rows padded to quads of values, activations offset to u8 by the
 input pass of emit_int8_quant.py) from knob ``int8_vnni_min_n`` input rows, else the 16-bit-lane kernel
 (sparsec/codegen/mlir/emit_int8.py); ``Int8DenseLinear`` runs oneDNN's int8 GEMM
-(``torch.ops.onednn.qlinear_pointwise``, u8 x s8 with int32 sums) and the same epilogue as torch ops; its
-activations keep 7 bits (``DENSE_XMAX``) above knob ``int8_dense_split_max_n`` rows; at or below it they keep
+(``torch.ops.onednn.qlinear_pointwise``, u8 x s8 with int32 sums) and the same epilogue as torch ops; with
+VNNI its activations keep 8 bits, else 7 bits (``DENSE_XMAX``) above knob ``int8_dense_split_max_n`` rows; at or below it they keep
 8 bits, split exactly into two 7-bit halves stacked into one GEMM. ``torch._int_mm`` is no option on this CPU: 590 ms for
 128x768x3072, 40x torch's f32 GEMM (measured, 1 thread).
 
@@ -61,7 +61,8 @@ def int8_kernel(fmt: SparseFormat) -> bool:
 #: the largest magnitude of a dense layer's quantized activation: oneDNN's AVX2 int8 GEMM multiplies
 #: u8 x s8 pairs into saturating int16 (``vpmaddubsw``), exact only while 2 * 127 * |u8| fits, so the
 #: activation (offset by 64 to u8) keeps 7 bits, as fbgemm's ``reduce_range`` does (measured: 8-bit
-#: activations are off by up to 46000 of a 240000 sum)
+#: activations are off by up to 46000 of a 240000 sum). Hosts with AVX512-VNNI (``vnni_host``) keep 8 bits:
+#: oneDNN's ``vpdpbusd`` sums u8 x s8 quads in int32 without saturating
 DENSE_XMAX = 63
 
 
@@ -325,11 +326,13 @@ class Int8DenseLinear(_Measured, SparseModule):
         super().__setstate__(state)
         self._prepack()
 
-    def int32_sums(self, xq: torch.Tensor) -> torch.Tensor:
-        """``Xq Wq^T`` of an int8 [n, in] input with values in [-DENSE_XMAX - 1, DENSE_XMAX + 1], as float32
-        (the int32 sums, exact while they stay below 2**24)."""
-        xu = (xq.to(torch.int16) + (DENSE_XMAX + 1)).to(torch.uint8)
-        return torch.ops.onednn.qlinear_pointwise(xu, 1.0, DENSE_XMAX + 1, self._packed, self._ones, self._zp,
+    def int32_sums(self, xq: torch.Tensor, offset: int = DENSE_XMAX + 1) -> torch.Tensor:
+        """``Xq Wq^T`` of an int8 [n, in] input, as float32 (the int32 sums, exact while they stay below
+        2**24). oneDNN takes u8 activations: ``xq + offset`` must lie in [0, 255] (the default offset: values
+        in [-DENSE_XMAX - 1, DENSE_XMAX + 1], what AVX2's saturating pairs sum exactly; with VNNI, 128 and
+        any int8 value)."""
+        xu = (xq.to(torch.int16) + offset).to(torch.uint8)
+        return torch.ops.onednn.qlinear_pointwise(xu, 1.0, offset, self._packed, self._ones, self._zp,
                                                   None, 1.0, 0, torch.float32, "none", [], "")
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -345,6 +348,11 @@ class Int8DenseLinear(_Measured, SparseModule):
         n = x2.shape[0]
         if n == 0:
             y = torch.zeros(0, self.out_features)
+        elif vnni_host():
+            # oneDNN multiplies with vpdpbusd here: no 16-bit saturation, so 8-bit activations in one GEMM
+            # (measured exact at +-127 extremes, 768 inputs)
+            xq, sx = quantize_rows(x2)
+            y = self.int32_sums(xq, U8_OFFSET).mul_(sx[:, None]).mul_(self.weight_scale)
         elif n <= knobs.get("int8_dense_split_max_n"):
             # 8-bit activations, exactly: xq = a + b with a = floor(xq / 2) in [-64, 63] and b in [-63, 64]
             # both fit the 7-bit path; one GEMM on [a; b] streams the weight once (small N is bytes-bound)

@@ -25,6 +25,7 @@ from sparsec.targets.cpu.int8_linear import (
     Int8DenseLinear,
     Int8SparseLinear,
     quantize_rows,
+    vnni_host,
 )
 from tests.conftest import reference
 
@@ -79,7 +80,9 @@ def test_int8_csr_sums_exactly_in_int32(rows, cols, n, density, threads, extreme
     seed=st.integers(0, 10_000),
 )
 def test_int8_dense_sums_exactly_in_int32(rows, cols, n, extremes, seed):
-    """Small N keeps 8-bit activations (two exact 7-bit halves), larger N quantizes them to 7 bits."""
+    """Small N keeps 8-bit activations (two exact 7-bit halves), larger N quantizes them to 7 bits; with
+    VNNI (oneDNN's vpdpbusd does not saturate) every N keeps 8 bits, in one GEMM, also with knob int8_vnni
+    off (the AVX2 path, exact on any host)."""
     w = _int_matrix(rows, cols, 1.0, QMAX, seed, extremes)
     qmax = _dense_xmax(n)
     x = _int_matrix(n, cols, 1.0, qmax, seed + 1, extremes)
@@ -90,10 +93,16 @@ def test_int8_dense_sums_exactly_in_int32(rows, cols, n, extremes, seed):
     assert torch.equal(layer.int32_sums(x7.to(torch.int8)), _int_reference(x7, layer.weight_q))
     with torch.no_grad():
         assert torch.equal(layer(x), _int_reference(x, w))
+        with knobs.scope(int8_vnni=False):
+            xo = _int_matrix(n, cols, 1.0, _dense_xmax(n), seed + 3, extremes)
+            assert torch.equal(layer(xo), _int_reference(xo, w))
+    if vnni_host():
+        x8 = _int_matrix(n, cols, 1.0, QMAX, seed + 4, extremes)
+        assert torch.equal(layer.int32_sums(x8.to(torch.int8), 128), _int_reference(x8, layer.weight_q))
 
 
 def _dense_xmax(n: int) -> int:
-    return QMAX if n <= knobs.get("int8_dense_split_max_n") else DENSE_XMAX
+    return QMAX if vnni_host() or n <= knobs.get("int8_dense_split_max_n") else DENSE_XMAX
 
 
 @settings(max_examples=30, deadline=None)
