@@ -94,7 +94,7 @@ _TABLE: tuple[Knob, ...] = (
     Knob("dense_conv_speedup", float, 2.0, None, "select: torch's conv2d rate over a GEMM's (operand_kinds.py)"),
     Knob("conv_sparse_slowdown", float, 2.0, None, "select: sparse conv kernels' slowdown vs their GEMM (operand_kinds.py)"),
     Knob("int8_dense_speedup", float, 1.8, None,
-         "select, quantize='int8': oneDNN's int8 GEMM rate over torch's f32 GEMM (AVX2, measured 1.8x)"),
+         "select, quantize='int8', uncalibrated: oneDNN's int8 GEMM rate over torch's f32 GEMM (AVX2, measured 1.8x)"),
     Knob("int8_dense_split_max_n", int, 16, None,
          "quantize='int8' dense layers: at most this many rows keep 8-bit activations (two exact 7-bit halves "
          "in one GEMM, twice the arithmetic); more rows quantize activations to 7 bits"),
@@ -105,7 +105,11 @@ _TABLE: tuple[Knob, ...] = (
          "quantize='int8' CSR layers: the fewest input rows the VNNI kernel runs (its N is padded to 16; at N = 1 "
          "the 16-bit-lane kernel measured 127 vs 174 us, 768x3072 90%, 1-thread CPU time)"),
     Knob("int8_csr_slowdown", float, 1.35, None,
-         "select, quantize='int8': the int8 CSR kernel's time over the f32 CSR kernel's (AVX2, no VNNI: measured)"),
+         "select, quantize='int8', uncalibrated: the int8 CSR kernel's time over the f32 CSR kernel's (AVX2, no "
+         "VNNI: measured)"),
+    Knob("int8_vnni_csr_slowdown", float, 0.6, None,
+         "select, quantize='int8', uncalibrated, AVX512-VNNI host: the VNNI int8 CSR layer's time over the f32 CSR "
+         "layer's (768x3072 90% N=128, input quantization included: 0.95 vs 1.6 ms, 1-thread CPU time, loaded)"),
     Knob("sddmm_max_density", float, 0.03, None, "gather: SDDMM kernel only at or below this density"),
     Knob("masked_sum_max_density", float, 0.05, None, "gather: masked-sum kernel only at or below this density"),
     Knob("dense_guard", float, 0.5, None,

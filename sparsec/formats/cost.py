@@ -35,6 +35,11 @@ class Machine:
     nm24c_bw: float = 15e9
     nm24c_bw8: float = 5e9
     bandwidth: float = 20e9
+    # quantize="int8" layers (FLOP/s counted as the f32 kernels' are): the int8 CSR layer per thread, its input
+    # quantization included, and the dense int8 layer (oneDNN) on all threads; 0: not measured (select
+    # scales the f32 rates by knobs int8_csr_slowdown / int8_vnni_csr_slowdown / int8_dense_speedup)
+    int8_sparse_flops: float = 0.0
+    int8_dense_flops: float = 0.0
     threads: int = 2
     thread_efficiency: float = 0.85
     call_overhead: float = 8e-6  # Python + ctypes per kernel call

@@ -85,6 +85,20 @@ def _requires_grad(gm: GraphModule, layer) -> bool:
         return False
 
 
+def int8_time_ratio(dense: bool, machine) -> float:
+    """An int8 layer's time over its f32 kernel family's: the calibrated rates' ratio where calibration
+    measured them, else knobs (dense: int8_dense_speedup; CSR: int8_vnni_csr_slowdown on hosts with
+    AVX512-VNNI, int8_csr_slowdown without)."""
+    if dense:
+        measured = machine.int8_dense_flops
+        return machine.dense_flops / measured if measured > 0 else 1 / knobs.get("int8_dense_speedup")
+    if machine.int8_sparse_flops > 0:
+        return machine.sparse_flops / machine.int8_sparse_flops
+    from sparsec.targets.cpu.int8_linear import vnni_host
+
+    return knobs.get("int8_vnni_csr_slowdown" if vnni_host() else "int8_csr_slowdown")
+
+
 def _choose(layer, ctx: CompileContext, machine, requires_grad: bool = False) -> None:
     facts, n = layer.facts, layer.n
     for fmt in _candidates(ctx):
@@ -100,9 +114,8 @@ def _choose(layer, ctx: CompileContext, machine, requires_grad: bool = False) ->
             layer.rejected[fmt.label] = why_not
             continue
         layer.costs[fmt.label] = fmt.cost(facts, n, machine)
-        if layer.quantize:  # f32 rates scaled by the int8 kernels' measured ratios (knobs)
-            layer.costs[fmt.label] *= (1 / knobs.get("int8_dense_speedup") if fmt.label == _DENSE
-                                       else knobs.get("int8_csr_slowdown"))
+        if layer.quantize:  # f32 rates scaled by the int8 kernels' measured ratios
+            layer.costs[fmt.label] *= int8_time_ratio(fmt.label == _DENSE, machine)
     # the operand kind's prices on this target where they are not a GEMM's (a dense conv2d, a row scaling)
     pricing = operand_kind(layer.m.kind).pricing(ctx.target.name)
     factor = pricing.sparse_factor()

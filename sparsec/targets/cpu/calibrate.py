@@ -187,11 +187,32 @@ def _probes(threads: int) -> dict:
         big = weight(2048, 1024, 0.1)
         probes["csr_one_thread"] = kernel("csr", big, 64, 1)
         probes["csr_all_threads"] = kernel("csr", big, 64, threads)
+    probes.update(_probes_int8(g, weight(1024, 1024, 0.1)))
     tiny = SparseLinear("calibrate", registry.get_format("csr"), weight(16, 16, 0.5), None, None, False)
     xt, ones = torch.randn(1, 16), torch.ones(16, 16)
     probes["call_overhead"] = (lambda: tiny(xt)), 1.0
     probes["torch_overhead"] = (lambda: torch.nn.functional.linear(xt, ones)), 1.0
     return probes
+
+
+def _probes_int8(g: torch.Generator, sparse: torch.Tensor) -> dict:
+    """The quantize="int8" layers on the f32 probes' shapes and work counts (so select can scale the f32
+    rates by the measured ratio): CSR (one thread, N = 64, the VNNI kernel where the host has it) and
+    oneDNN's dense int8 GEMM, each with its per-call input quantization."""
+    from sparsec.formats import registry
+    from sparsec.targets.cpu.int8_linear import Int8DenseLinear, Int8SparseLinear
+
+    layer = Int8SparseLinear("calibrate", registry.get_format("csr"), sparse, None, None, False, threads=1)
+    x64 = torch.randn(64, sparse.shape[1], generator=g)
+    dense = Int8DenseLinear("calibrate", torch.randn(1024, 1024, generator=g), None, None, False)
+    x256 = torch.randn(256, 1024, generator=g)
+
+    def run(mod, x):
+        with torch.no_grad():
+            mod(x)
+
+    return {"int8_sparse_flops": ((lambda: run(layer, x64)), 2.0 * 64 * int((sparse != 0).sum())),
+            "int8_dense_flops": ((lambda: run(dense, x256)), 2.0 * 256 * 1024 * 1024)}
 
 
 #: probes long enough (~0.1-1 ms) that disagreeing rounds mean a disturbance rather than timer noise

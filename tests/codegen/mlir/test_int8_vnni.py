@@ -228,3 +228,27 @@ def test_vnni_kernel_machine_code_uses_vpdpbusd_on_zmm(tmp_path):
     dp = [ln for ln in asm.splitlines() if "vpdpbusd" in ln]
     assert dp and all("zmm" in ln for ln in dp)
     assert "vpunpcklbw" in asm and "vpunpckhwd" in asm
+
+
+def test_select_prices_int8_with_the_calibrated_rates():
+    """The int8/f32 time ratio is the measured rates' ratio when calibration took them, else the knobs'."""
+    import dataclasses
+    import time
+
+    from sparsec.formats.cost import DEFAULT_MACHINE
+    from sparsec.passes.select import int8_time_ratio
+    from sparsec.targets.cpu import calibrate
+
+    m = dataclasses.replace(DEFAULT_MACHINE, sparse_flops=60e9, int8_sparse_flops=120e9, dense_flops=100e9,
+                            int8_dense_flops=150e9)
+    assert int8_time_ratio(False, m) == pytest.approx(0.5)
+    assert int8_time_ratio(True, m) == pytest.approx(100 / 150)
+    assert int8_time_ratio(True, DEFAULT_MACHINE) == pytest.approx(1 / knobs.get("int8_dense_speedup"))
+    want = knobs.get("int8_vnni_csr_slowdown" if vnni_host() else "int8_csr_slowdown")
+    assert int8_time_ratio(False, DEFAULT_MACHINE) == want
+    probes = calibrate._probes_int8(torch.Generator().manual_seed(0), torch.randn(64, 64) * (torch.rand(64, 64) < 0.1))
+    assert set(probes) == {"int8_sparse_flops", "int8_dense_flops"}
+    for fn, work in probes.values():
+        t = time.perf_counter()
+        fn()
+        assert work > 0 and time.perf_counter() - t < 5
