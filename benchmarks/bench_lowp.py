@@ -149,7 +149,11 @@ def _int8_case(layers: int, threads: int, rounds: int, cpu_time: bool) -> dict:
     with torch.no_grad():
         k = _time_pair({"int8": lambda: k8(x), "f32": lambda: k32(x)}, rounds, 10, cpu_time)
     kept = [f"{r.name} ({r.quant_error:.2%})" for r in int8.report().layers if r.dtype != "int8"]
-    return {**t, "err_int8": err_int8, "err_qdyn": err_qdyn, "k_int8": k["int8"], "k_f32": k["f32"], "kept": kept}
+    kernel = ("AVX512-VNNI vpdpbusd kernel, input quantization included" if k8._vnni_at(128) else
+              "16-bit-lane kernel: this CPU has no AVX512-VNNI, and vpmaddubsw/vpmaddwd pair adjacent columns, "
+              "which an unstructured row's nonzeros are not")
+    return {**t, "err_int8": err_int8, "err_qdyn": err_qdyn, "k_int8": k["int8"], "k_f32": k["f32"], "kept": kept,
+            "kernel": kernel}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,15 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"What limits it, measured: the int8 CSR kernel on one 3072x768 90% layer at N = 128 takes "
             f"{q['k_int8'] * 1e3:.3f} ms vs {q['k_f32'] * 1e3:.3f} ms for the f32 CSR kernel "
-            f"({q['k_int8'] / q['k_f32']:.2f}x the time). This CPU has AVX2 without VNNI: an unstructured row's "
-            "nonzeros sit in scattered columns, so vpmaddubsw/vpmaddwd (which pair adjacent columns) do not apply, "
-            "and an int8 multiply-accumulate costs more instructions per product (widen, vpmullw, widen, add) than "
-            "one f32 FMA: per nonzero pair and 16 outputs ~8 AVX2 ops (vpmullw x2, vpaddw, widen x2 with an "
-            "extract, vpaddd x2) vs 4 f32 FMAs; a vpmaddwd pairing of a row's nonzeros needs two interleaving "
-            "shuffles instead of the widen and is no cheaper, and activations pre-widened to i16 measured "
-            "1.32-1.47x vs 1.49-1.50x for i8 (1 thread, CPU time, load 5: no clear gain, twice the X bytes). "
-            "int8 saves weight bytes (1 B values), which pays at N = 1, not at N = 128 where the "
-            "kernel is compute-bound. Layers kept float32 (int8 error above quantize_max_error): "
+            f"({q['k_int8'] / q['k_f32']:.2f}x the time; " + q["kernel"] + "). "
+            "The rest of the model (attention, layer norms, layout copies) runs in torch at the same cost in both "
+            "(docs/kernels.md). Layers kept float32 (int8 error above quantize_max_error): "
             + (", ".join(q["kept"]) or "none") + ".",
         ]
     md = "\n".join(lines) + "\n"
