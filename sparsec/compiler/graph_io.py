@@ -311,17 +311,22 @@ def write(path: Path, payload: dict, source: dict[str, torch.Tensor], weights: b
     slot: dict[int, int] = {}
     stored, packed = {}, {}
     only_refs = pickler.ref_names - pickler.read_names
+    packed_slot: dict[int, tuple] = {}
     for name, t in source.items() if weights else ():
-        if id(t) in slot:
+        if id(t) in slot:  # a tied weight under a second name: the same bytes
             stored[name] = slot[id(t)]
             continue
-        parts = compress(t) if name in only_refs else None
+        if id(t) in packed_slot:
+            packed[name] = packed_slot[id(t)]
+            continue
+        # only CPU tensors: a rebuilt weight comes back on the CPU
+        parts = compress(t) if name in only_refs and t.device.type == "cpu" else None
         if parts is None:
             slot[id(t)] = len(tensors)
             tensors.append(t.detach())
             stored[name] = slot[id(t)]
         else:
-            packed[name] = (*range(len(tensors), len(tensors) + len(parts)), tuple(t.shape))
+            packed[name] = packed_slot[id(t)] = (*range(len(tensors), len(tensors) + len(parts)), tuple(t.shape))
             tensors.extend(parts)
     entries, offset = [], 0
     with open(path / TENSORS, "wb") as f:

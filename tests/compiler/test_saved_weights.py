@@ -52,3 +52,29 @@ def test_saved_weights_rebuild_on_access_only():
     assert "w" not in w._dense  # matches compared without rebuilding
     assert torch.equal(w["w"], x) and w["w"] is w["w"]  # rebuilt once, kept
     assert w.matches("b", dense.clone()) and w.get("missing") is None
+
+
+def test_write_compresses_weights_only_train_refs_name(tmp_path):
+    """graph_io.write: a weight only a ``train_refs`` tuple names is stored zero-compressed (once, under both
+    names when tied); one the graph reads stays dense; a frozen read gives None for the refs, a bound one the
+    caller's tensors."""
+    from sparsec.compiler import graph_io
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(64, 64) < 0.1)
+    read = torch.randn(64) * (torch.rand(64) < 0.1)  # sparse too, but the graph reads it: kept dense
+    holder = torch.nn.Module()
+    holder.train_refs = (lin.weight, lin.bias)
+    holder.scale = read
+    source = {"a.weight": lin.weight, "b.weight": lin.weight, "a.bias": lin.bias, "s": read}
+    graph_io.write(tmp_path, {"graph": {"owned": {"m": holder}}}, source, True)
+    saved, arrays = graph_io.read_weights(tmp_path)
+    assert sorted(saved.compressed()) == ["a.weight", "b.weight"]  # the dense bias is not worth it
+    for name, t in source.items():
+        assert torch.equal(_bits(saved[name]), _bits(t)), name
+    frozen = graph_io.read(tmp_path, saved, arrays, frozen=True)["graph"]["owned"]["m"]
+    assert frozen.train_refs is None and torch.equal(frozen.scale, read)
+    bound = graph_io.read(tmp_path, source, arrays)["graph"]["owned"]["m"]
+    assert bound.train_refs[0] is lin.weight and bound.train_refs[1] is lin.bias and bound.scale is read
