@@ -11,6 +11,12 @@ and residual may be strided views (each thread's slab writes its columns of the 
 
 Buffers (sparse-assembler order of the BSR level map): positions, block-column coordinates, values (each
 block transposed, [blocks, bw, bh]), then x, bias, residual, out.
+
+16-bit kernels (``KernelSpec.dtype`` bf16/f16): the values, X, the residual and the output are 16-bit in
+memory; each load is widened in registers (bf16 by a 16-bit shift, exact; f16 by ``arith.extf``, F16C),
+the accumulators, the bias (f32) and the epilogue are f32, and the store rounds once (bf16: integer
+round-to-nearest-even, the same bits as torch). The widening helpers are the CSR kernel's
+(``emit_rowvec._load_f32`` / ``_to_dtype``), so the two kernels round alike.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 
 import numpy as np
 
+from sparsec.codegen.mlir.emit_rowvec import _load_f32, _to_dtype
 from sparsec.codegen.mlir.mathfn import Builder, activation
 from sparsec.codegen.spec import KernelSpec
 
@@ -67,19 +74,22 @@ def transpose_blocks(values: np.ndarray, bh: int, bw: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(-1, bh, bw).transpose(0, 2, 1)).reshape(-1)
 
 
-def emit_bsrvec_kernel(spec: KernelSpec, ft: str = "f32") -> str:
-    """MLIR text of the natural-layout BSR kernel for ``spec`` (element type ``ft``)."""
+def emit_bsrvec_kernel(spec: KernelSpec) -> str:
+    """MLIR text of the natural-layout BSR kernel for ``spec`` (memory element type ``spec.dtype``;
+    accumulation and epilogue in f32)."""
     if not supports(spec):
         raise ValueError(f"the BSR vector kernel handles BSR in the natural form, not {spec.format}/{spec.form}")
+    if spec.dtype not in ("f32", "bf16", "f16"):
+        raise ValueError(f"the BSR vector kernel takes f32, bf16 or f16 values, not {spec.dtype}")
     bh, bw = block_shape(spec.level_map)  # type: ignore[misc]
-    r, c, n = spec.rows, spec.cols, spec.n
-    vt = ft if bh == 1 else f"vector<{bh}x{ft}>"
+    r, c, n, ft = spec.rows, spec.cols, spec.n, spec.dtype
+    vt = "f32" if bh == 1 else f"vector<{bh}xf32>"  # accumulators and epilogue: f32 for every dtype
     xt = f"memref<{n}x{c}x{ft}, strided<[?, 1]>>"
     ot = f"memref<{n}x{r}x{ft}, strided<[?, 1]>>"
     it = f"i{spec.index_bits}"
     args = ["%pos: memref<?xi32>", f"%crd: memref<?x{it}>", f"%val: memref<?x{ft}>", f"%x: {xt}"]
-    if spec.bias:
-        args.append(f"%bias: memref<{r}x{ft}>")
+    if spec.bias:  # the bias stays f32 for 16-bit kernels (as in the CSR kernel)
+        args.append(f"%bias: memref<{r}xf32>")
     if spec.residual:
         args.append(f"%res: {ot}")
     args.append(f"%out: {ot}")
@@ -93,7 +103,7 @@ def emit_bsrvec_kernel(spec: KernelSpec, ft: str = "f32") -> str:
         f"  %cbh = arith.constant {bh} : index",
         f"  %cblk = arith.constant {bh * bw} : index",
         f"  %nbr = arith.constant {r // bh} : index",
-        f"  %zero = arith.constant {'0.0 : ' + ft if bh == 1 else f'dense<0.0> : {vt}'}",
+        f"  %zero = arith.constant {'0.0 : f32' if bh == 1 else f'dense<0.0> : {vt}'}",
         "  scf.for %br = %c0 to %nbr step %c1 {",
         "    %br1 = arith.addi %br, %c1 : index",
         "    %p0i = memref.load %pos[%br] : memref<?xi32>",
@@ -103,18 +113,18 @@ def emit_bsrvec_kernel(spec: KernelSpec, ft: str = "f32") -> str:
         "    %r0 = arith.muli %br, %cbh : index",
     ]
     if spec.bias:
-        load = (f"memref.load %bias[%r0] : memref<{r}x{ft}>" if bh == 1
-                else f"vector.load %bias[%r0] : memref<{r}x{ft}>, {vt}")
+        load = (f"memref.load %bias[%r0] : memref<{r}xf32>" if bh == 1
+                else f"vector.load %bias[%r0] : memref<{r}xf32>, {vt}")
         lines.append(f"    %bv = {load}")
     if full:
         lines += [f"    %nfull = arith.constant {full * t} : index",
                   f"    %ct = arith.constant {t} : index",
                   "    scf.for %n0 = %c0 to %nfull step %ct {"]
-        lines += _tile(spec, "m", t, bh, bw, vt, xt, ot, it, ft, "%n0", "      ")
+        lines += _tile(spec, "m", t, bh, bw, vt, xt, ot, it, "%n0", "      ")
         lines.append("    }")
     if rem:
         lines.append(f"    %nrem = arith.constant {full * t} : index")
-        lines += _tile(spec, "r", rem, bh, bw, vt, xt, ot, it, ft, "%nrem", "    ")
+        lines += _tile(spec, "r", rem, bh, bw, vt, xt, ot, it, "%nrem", "    ")
     lines += ["  }", "  return", "}"]
     head = (f"// BSR {bh}x{bw}, Y = X W^T in the natural layout, register-blocked by hand "
             f"({t} input rows x {bh} output lanes per tile).\n")
@@ -122,7 +132,7 @@ def emit_bsrvec_kernel(spec: KernelSpec, ft: str = "f32") -> str:
 
 
 def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: str, ot: str, it: str,
-          ft: str, n0: str, ind: str) -> list[str]:
+          n0: str, ind: str) -> list[str]:
     """``rows`` input rows from ``n0``: walk the block row's blocks with the accumulators in registers.
 
     With fewer than 4 rows the FMA chains would wait on each other: block columns then alternate between
@@ -148,7 +158,7 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
     if bw <= UNROLL_BW:
         for cc in range(bw):
             s = cc % split
-            body, new = _column(tag, f"{cc}", rows, s, cur, bh, vt, xt, ft, ind + "  ",
+            body, new = _column(spec, tag, f"{cc}", rows, s, cur, bh, vt, xt, ind + "  ",
                                 f"%c{cc}_{tag}" if cc else "%c0")
             lines += body
             cur = new
@@ -158,7 +168,7 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
         it_args = ", ".join(f"{inner[q]} = {cur[q]}" for q in range(rows))
         lines.append(f"{ind}  %in{tag}:{rows} = scf.for %cc = %c0 to %cbw step %c1 iter_args({it_args}) "
                      f"-> ({', '.join([vt] * rows)}) {{")
-        body, new = _column(tag, "l", rows, 0, inner + cur[rows:], bh, vt, xt, ft, ind + "    ", "%cc")
+        body, new = _column(spec, tag, "l", rows, 0, inner + cur[rows:], bh, vt, xt, ind + "    ", "%cc")
         lines += body
         lines.append(f"{ind}    scf.yield {', '.join(new[:rows])} : {', '.join([vt] * rows)}")
         lines.append(f"{ind}  }}")
@@ -166,38 +176,41 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
         lines.append(f"{ind}  scf.yield {', '.join(outs)} : {types}")
     lines.append(f"{ind}}}")
     for j in range(rows):
-        lines += _epilogue(spec, tag, j, [f"%acc{tag}#{s * rows + j}" for s in range(split)], vt, ot, ind)
+        lines += _epilogue(spec, tag, j, [f"%acc{tag}#{s * rows + j}" for s in range(split)], vt, ot, bh, ind)
     return lines
 
 
-def _column(tag: str, cc: str, rows: int, s: int, cur: list[str], bh: int, vt: str, xt: str, ft: str,
+def _column(spec: KernelSpec, tag: str, cc: str, rows: int, s: int, cur: list[str], bh: int, vt: str, xt: str,
             ind: str, cidx: str) -> tuple[list[str], list[str]]:
-    """One block column: load W[r0:r0+bh, col] once, one broadcast-FMA per input row of the tile."""
+    """One block column: load W[r0:r0+bh, col] once, one broadcast-FMA per input row of the tile (16-bit
+    loads widened to f32 in registers)."""
+    ft = spec.dtype
     lines = [
         f"{ind}%wo{cc} = arith.muli {cidx}, %cbh : index",
         f"{ind}%wi{cc} = arith.addi %vb0, %wo{cc} : index",
         f"{ind}%xc{cc} = arith.addi %col0, {cidx} : index",
     ]
-    if bh == 1:
-        lines.append(f"{ind}%w{cc} = memref.load %val[%wi{cc}] : memref<?x{ft}>")
-    else:
-        lines.append(f"{ind}%w{cc} = vector.load %val[%wi{cc}] : memref<?x{ft}>, {vt}")
+    wload = (f"memref.load %val[%wi{cc}] : memref<?x{ft}>" if bh == 1
+             else f"vector.load %val[%wi{cc}] : memref<?x{ft}>, vector<{bh}x{ft}>")
+    lines += [ind + ln for ln in _load_f32(spec, f"%w{cc}", wload, bh)]
     new = list(cur)
     for j in range(rows):
         q = s * rows + j
-        lines.append(f"{ind}%x{cc}_{j} = memref.load %x[%n{tag}{j}, %xc{cc}] : {xt}")
+        lines += [ind + ln for ln in _load_f32(spec, f"%x{cc}_{j}", f"memref.load %x[%n{tag}{j}, %xc{cc}] : {xt}", 1)]
         if bh == 1:
-            lines.append(f"{ind}%m{cc}_{j} = arith.mulf %x{cc}_{j}, %w{cc} : {ft}")
-            lines.append(f"{ind}%f{cc}_{j} = arith.addf {cur[q]}, %m{cc}_{j} : {ft}")
+            lines.append(f"{ind}%m{cc}_{j} = arith.mulf %x{cc}_{j}, %w{cc} : f32")
+            lines.append(f"{ind}%f{cc}_{j} = arith.addf {cur[q]}, %m{cc}_{j} : f32")
         else:
-            lines.append(f"{ind}%xb{cc}_{j} = vector.broadcast %x{cc}_{j} : {ft} to {vt}")
+            lines.append(f"{ind}%xb{cc}_{j} = vector.broadcast %x{cc}_{j} : f32 to {vt}")
             lines.append(f"{ind}%f{cc}_{j} = vector.fma %xb{cc}_{j}, %w{cc}, {cur[q]} : {vt}")
         new[q] = f"%f{cc}_{j}"
     return lines, new
 
 
-def _epilogue(spec: KernelSpec, tag: str, j: int, parts: list[str], vt: str, ot: str, ind: str) -> list[str]:
-    """Sum the accumulator sets of input row ``j``; bias, activation, residual in registers; one store."""
+def _epilogue(spec: KernelSpec, tag: str, j: int, parts: list[str], vt: str, ot: str, bh: int,
+              ind: str) -> list[str]:
+    """Sum the accumulator sets of input row ``j``; bias, activation, residual in registers (f32); one store,
+    rounded to the kernel's dtype."""
     b = Builder(vt, indent=ind, prefix=f"e{tag}{j}_")
     v = parts[0]
     for p in parts[1:]:
@@ -207,9 +220,13 @@ def _epilogue(spec: KernelSpec, tag: str, j: int, parts: list[str], vt: str, ot:
     v = activation(b, spec.activation, v)
     vec = vt.startswith("vector")
     at = f"%n{tag}{j}, %r0"
+    ht = f"vector<{bh}x{spec.dtype}>" if vec else spec.dtype  # the memory type of a row segment
     if spec.residual:
         rv = b._fresh()
-        b.lines.append(f"{ind}{rv} = " + (f"vector.load %res[{at}] : {ot}, {vt}" if vec else f"memref.load %res[{at}] : {ot}"))
+        load = f"vector.load %res[{at}] : {ot}, {ht}" if vec else f"memref.load %res[{at}] : {ot}"
+        b.lines += [ind + ln for ln in _load_f32(spec, rv, load, bh)]
         v = b.op("arith.addf", v, rv)
-    b.lines.append(f"{ind}" + (f"vector.store {v}, %out[{at}] : {ot}, {vt}" if vec else f"memref.store {v}, %out[{at}] : {ot}"))
+    cast, v = _to_dtype(spec, f"%h{tag}{j}", v, bh)
+    b.lines += [ind + ln for ln in cast]
+    b.lines.append(f"{ind}" + (f"vector.store {v}, %out[{at}] : {ot}, {ht}" if vec else f"memref.store {v}, %out[{at}] : {ot}"))
     return b.lines

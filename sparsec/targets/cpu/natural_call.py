@@ -49,10 +49,11 @@ def _run_planned(layer, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> to
         out.fill_(float("nan"))
     plan.point(plan.x, x2.data_ptr(), x2.stride(0))
     optr, rptr = out.data_ptr(), r2.data_ptr() if r2 is not None else 0
+    size = out.element_size()  # 4 bytes (f32) or 2 (a 16-bit layer's kernels)
     for o, res, r0 in zip(plan.outs, plan.residuals, plan.starts, strict=True):
-        plan.point(o, optr + 4 * r0, layer.out_features)
+        plan.point(o, optr + size * r0, layer.out_features)
         if res is not None:
-            plan.point(res, rptr + 4 * r0, r2.stride(0))
+            plan.point(res, rptr + size * r0, r2.stride(0))
     if len(plan.calls) == 1 or plan.serial:
         for call in plan.calls:
             call()
@@ -71,7 +72,7 @@ def _run_general(layer, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> to
         x2 = x2.contiguous()
     x_arg = ArgRef(torch_descriptor(x2))
     total_rows = sum(p.padded_shape[0] for p, _, _ in layer.slabs)
-    out = torch.empty(n, total_rows)
+    out = torch.empty(n, total_rows, dtype=layer.io_dtype)
     if knobs.get("poison_outputs"):
         out.fill_(float("nan"))
     tasks, offset = [], 0
@@ -85,7 +86,7 @@ def _run_general(layer, x2: torch.Tensor, r2: torch.Tensor | None, n: int) -> to
             if rows == r1 - r0 and r2.stride(-1) == 1:
                 res = r2[:, r0:r1]  # a strided view: the kernel takes the row stride
             else:
-                res = torch.zeros(n, rows)
+                res = torch.zeros(n, rows, dtype=layer.io_dtype)
                 res[:, : r1 - r0] = r2[:, r0:r1]
             args.append(ArgRef(torch_descriptor(res)))
         o = out[:, offset : offset + rows]

@@ -45,7 +45,7 @@ KERNEL_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f
 
 def kernel_dtype(dtype: torch.dtype, fmt: SparseFormat) -> str:
     """The kernel element type for a weight of ``dtype`` in ``fmt``: the dtype itself where a 16-bit
-    kernel exists (CSR), else f32 (the layer casts its input to f32 and its output back);
+    kernel exists (CSR, BSR), else f32 (the layer casts its input to f32 and its output back);
     NotImplementedError for dtypes other than float32/bfloat16/float16."""
     if dtype not in KERNEL_DTYPES:
         raise NotImplementedError(f"no CPU sparse kernel for dtype {dtype} (float32, bfloat16, float16 only)")
@@ -54,8 +54,10 @@ def kernel_dtype(dtype: torch.dtype, fmt: SparseFormat) -> str:
 
 
 def supports_16bit(fmt: SparseFormat) -> bool:
-    """Whether ``fmt`` has bf16/fp16 CPU kernels (the hand CSR kernel, or a format's own module)."""
-    return fmt.own_kernels is not None or emit_rowvec.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2))
+    """Whether ``fmt`` has bf16/fp16 CPU kernels: the hand CSR kernel, the hand BSR kernel (knob
+    ``bsr_vector_kernel``), or a format's own module."""
+    return (fmt.own_kernels is not None or emit_rowvec.supports(KernelSpec(fmt.label, fmt.level_map, 2, 2, 2))
+            or (knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(fmt.level_map)))
 
 
 #: activations whose training forward runs the layer's linear part and leaves the activation to torch
@@ -94,7 +96,7 @@ class SparseLinear(SparseModule):
         self.dtype = weight.dtype if weight.dtype in KERNEL_DTYPES else torch.float32
         self.kernel_dtype = self._kernel_dtype(weight)
         #: the dtype the kernels read and write: the layer's own, or f32 for a 16-bit layer in a format
-        #: without 16-bit kernels (BSR, N:M, COO: the input is cast to f32 and the output back)
+        #: without 16-bit kernels (the input is cast to f32 and the output back)
         self.io_dtype = self.dtype if self.kernel_dtype != "f32" else torch.float32
         self._use_slabs(self._pack(weight.detach().float(), bias, max(1, threads)))
         #: the explicit pattern (bool [out, in]) this layer stores, zeros included, when ``repack`` set one;
@@ -114,9 +116,8 @@ class SparseLinear(SparseModule):
         # Weight and bias arguments never change: build their descriptors once per slab.
         names = self.fmt.lmap.buffer_names()
         #: the hand BSR kernel reads X as [N, in] and writes Y as [N, out] (no layout copies), its values
-        #: stored with each block transposed
-        self.bsr_natural = (knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map)
-                            and self.kernel_dtype == "f32")
+        #: stored with each block transposed; in f32 or the layer's 16-bit dtype (``kernel_dtype``)
+        self.bsr_natural = bool(knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map))
         #: the kernels read X as [N, in] and write Y as [N, out] (BSR at any N, f32 CSR at N >= 2)
         self.natural = self.bsr_natural or (self._csr_kernel() and knobs.get("csr_natural_kernel")
                                             and self.kernel_dtype == "f32")
@@ -273,21 +274,24 @@ class SparseLinear(SparseModule):
         their dtype (numpy has no bfloat16: an int16 array of the same bytes)."""
         if self.index_bits == 16 and name.startswith("crd"):
             return aligned_copy(buf.astype("int16"))
-        if self.kernel_dtype != "f32" and name == "values":
-            return aligned_copy(torch.from_numpy(np.ascontiguousarray(buf)).to(self.dtype).view(torch.int16).numpy())
-        if self.bsr_natural and name == "values":
+        if name != "values":
+            return buf
+        if self.bsr_natural:
             bh, bw = self.fmt.lmap.block
-            return aligned_copy(emit_bsrvec.transpose_blocks(buf, bh, bw))
+            buf = emit_bsrvec.transpose_blocks(buf, bh, bw)
+            if self.kernel_dtype == "f32":
+                return aligned_copy(buf)
+        if self.kernel_dtype != "f32":  # one rounding of the f32 packed values to the layer's dtype
+            return aligned_copy(torch.from_numpy(np.ascontiguousarray(buf)).to(self.dtype).view(torch.int16).numpy())
         return buf
 
     def sync_values(self) -> None:
         """Re-derive the kernels' copies of the packed values after they changed in place (training)."""
         if not self.bsr_natural:
             return
-        bh, bw = self.fmt.lmap.block
         at = self.fmt.lmap.buffer_names().index("values")
         for (packed, _, _), bufs in zip(self.slabs, self._kernel_buffers, strict=True):
-            np.copyto(bufs[at], emit_bsrvec.transpose_blocks(packed.buffers["values"], bh, bw))
+            np.copyto(bufs[at], self._narrow("values", packed.buffers["values"]))
 
     def spec(self, packed: PackedWeight, n: int) -> KernelSpec:
         """The kernel spec of one slab for ``n`` rows of input."""
