@@ -21,7 +21,9 @@ round-to-nearest-even, the same bits as torch). The widening helpers are the CSR
 
 from __future__ import annotations
 
+import platform
 import re
+from functools import lru_cache
 
 import numpy as np
 
@@ -40,6 +42,32 @@ ACC_LANES = 96
 MAX_TILE = 12
 #: fully unrolled block columns up to this width (bigger blocks loop over their columns)
 UNROLL_BW = 32
+
+
+#: vdpbf16ps (AVX512-BF16): per f32 lane, the sum of the products of one pair of adjacent bf16 elements
+_DPBF16 = {16: "llvm.x86.avx512bf16.dpbf16ps.512", 8: "llvm.x86.avx512bf16.dpbf16ps.256"}
+
+
+@lru_cache(maxsize=1)
+def host_has_bf16_dot() -> bool:
+    """Whether this host has AVX512-BF16 with AVX512VL (vdpbf16ps on 256- and 512-bit registers)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return {"avx512_bf16", "avx512vl", "avx512f"} <= set(line.split(":", 1)[1].split())
+    except OSError:
+        return False
+    return False
+
+
+def pairs_layout(dtype: str, bh: int, bw: int) -> bool:
+    """Whether the kernel of this dtype and block multiplies pairs of block columns with vdpbf16ps (bf16,
+    an even block width, a block height that fills 8- or 16-lane registers, and a host with AVX512-BF16):
+    its values are then stored pair-interleaved (``pair_blocks``), else each block transposed."""
+    return dtype == "bf16" and bw % 2 == 0 and (bh == 8 or bh % 16 == 0) and host_has_bf16_dot()
 
 
 def block_shape(level_map: str | None) -> tuple[int, int] | None:
@@ -72,6 +100,18 @@ def n_tile(bh: int) -> int:
 def transpose_blocks(values: np.ndarray, bh: int, bw: int) -> np.ndarray:
     """The BSR values with each bh x bw block transposed (what this kernel reads)."""
     return np.ascontiguousarray(values.reshape(-1, bh, bw).transpose(0, 2, 1)).reshape(-1)
+
+
+def pair_blocks(values: np.ndarray, bh: int, bw: int) -> np.ndarray:
+    """The BSR values of each bh x bw block as [bw/2, bh, 2]: element (c2, r, k) is W[r, 2 c2 + k], so one
+    load of 2 bh values holds, per output row, the two weights a vdpbf16ps lane multiplies with the
+    adjacent pair X[n, 2 c2], X[n, 2 c2 + 1] (one 32-bit broadcast)."""
+    return np.ascontiguousarray(values.reshape(-1, bh, bw // 2, 2).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def kernel_values(values: np.ndarray, dtype: str, bh: int, bw: int) -> np.ndarray:
+    """The packed BSR values (row-major blocks) in the layout this host's kernel of ``dtype`` reads."""
+    return pair_blocks(values, bh, bw) if pairs_layout(dtype, bh, bw) else transpose_blocks(values, bh, bw)
 
 
 def emit_bsrvec_kernel(spec: KernelSpec) -> str:
@@ -128,6 +168,11 @@ def emit_bsrvec_kernel(spec: KernelSpec) -> str:
     lines += ["  }", "  return", "}"]
     head = (f"// BSR {bh}x{bw}, Y = X W^T in the natural layout, register-blocked by hand "
             f"({t} input rows x {bh} output lanes per tile).\n")
+    if pairs_layout(ft, bh, bw):
+        lane = min(16, bh)
+        head += "// bf16 pairs of block columns multiplied by vdpbf16ps (AVX512-BF16), f32 sums.\n"
+        lines.insert(0, f"llvm.func @{_DPBF16[lane]}(vector<{lane}xf32>, vector<{2 * lane}xbf16>, "
+                        f"vector<{2 * lane}xbf16>) -> vector<{lane}xf32>")
     return head + "module {\n" + "\n".join(lines) + "\n}\n"
 
 
@@ -137,8 +182,10 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
 
     With fewer than 4 rows the FMA chains would wait on each other: block columns then alternate between
     ``split`` accumulator sets (summed before the epilogue)."""
-    split = max(1, -(-4 // rows)) if bw > 1 else 1
-    split = min(split, bw)
+    pairs = pairs_layout(spec.dtype, bh, bw)
+    step = 2 if pairs else 1  # block columns per multiply (vdpbf16ps takes two)
+    split = max(1, -(-4 // rows)) if bw > step else 1
+    split = min(split, bw // step)
     nacc = rows * split
     lines = []
     for j in range(rows):
@@ -155,20 +202,22 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
         f"{ind}  %vb0 = arith.muli %p, %cblk : index",
     ]
     cur = [f"%a{tag}{q}" for q in range(nacc)]
+    column = _pair_column if pairs else _column
     if bw <= UNROLL_BW:
-        for cc in range(bw):
-            s = cc % split
-            body, new = _column(spec, tag, f"{cc}", rows, s, cur, bh, vt, xt, ind + "  ",
-                                f"%c{cc}_{tag}" if cc else "%c0")
+        for cc in range(0, bw, step):
+            s = (cc // step) % split
+            body, new = column(spec, tag, f"{cc}", rows, s, cur, bh, vt, xt, ind + "  ",
+                               f"%c{cc}_{tag}" if cc else "%c0")
             lines += body
             cur = new
         lines.append(f"{ind}  scf.yield {', '.join(cur)} : {types}")
     else:  # wide blocks: loop over the block's columns (one accumulator set)
         inner = [f"%b{tag}{q}" for q in range(rows)]
         it_args = ", ".join(f"{inner[q]} = {cur[q]}" for q in range(rows))
-        lines.append(f"{ind}  %in{tag}:{rows} = scf.for %cc = %c0 to %cbw step %c1 iter_args({it_args}) "
+        lines.append(f"{ind}  %cstep{tag} = arith.constant {step} : index")
+        lines.append(f"{ind}  %in{tag}:{rows} = scf.for %cc = %c0 to %cbw step %cstep{tag} iter_args({it_args}) "
                      f"-> ({', '.join([vt] * rows)}) {{")
-        body, new = _column(spec, tag, "l", rows, 0, inner + cur[rows:], bh, vt, xt, ind + "    ", "%cc")
+        body, new = column(spec, tag, "l", rows, 0, inner + cur[rows:], bh, vt, xt, ind + "    ", "%cc")
         lines += body
         lines.append(f"{ind}    scf.yield {', '.join(new[:rows])} : {', '.join([vt] * rows)}")
         lines.append(f"{ind}  }}")
@@ -204,6 +253,59 @@ def _column(spec: KernelSpec, tag: str, cc: str, rows: int, s: int, cur: list[st
             lines.append(f"{ind}%xb{cc}_{j} = vector.broadcast %x{cc}_{j} : f32 to {vt}")
             lines.append(f"{ind}%f{cc}_{j} = vector.fma %xb{cc}_{j}, %w{cc}, {cur[q]} : {vt}")
         new[q] = f"%f{cc}_{j}"
+    return lines, new
+
+
+def _pair_column(spec: KernelSpec, tag: str, cc: str, rows: int, s: int, cur: list[str], bh: int, vt: str,
+                 xt: str, ind: str, cidx: str) -> tuple[list[str], list[str]]:
+    """Block columns ``cidx``, ``cidx + 1`` (bf16, pair-interleaved values): per 16 (or 8) output lanes one
+    load of their 2 x 16 weights; per input row one 32-bit broadcast of the adjacent X pair and one
+    vdpbf16ps per lane group into the f32 accumulators (a 32-row block: two groups, slices of the
+    accumulator)."""
+    lane = min(16, bh)
+    hv, fv = f"vector<{2 * lane}xbf16>", f"vector<{lane}xf32>"
+    groups = bh // lane
+    lines = [
+        f"{ind}%wo{cc} = arith.muli {cidx}, %cbh : index",  # pair cidx/2 starts 2 bh values per pair in
+        f"{ind}%wi{cc} = arith.addi %vb0, %wo{cc} : index",
+        f"{ind}%xc{cc} = arith.addi %col0, {cidx} : index",
+    ]
+    for g in range(groups):
+        at = f"%wi{cc}"
+        if g:
+            lines += [f"{ind}%wg{cc}_{g}c = arith.constant {2 * lane * g} : index",
+                      f"{ind}%wg{cc}_{g}i = arith.addi %wi{cc}, %wg{cc}_{g}c : index"]
+            at = f"%wg{cc}_{g}i"
+        lines.append(f"{ind}%w{cc}_{g} = vector.load %val[{at}] : memref<?xbf16>, {hv}")
+    new = list(cur)
+    for j in range(rows):
+        q = s * rows + j
+        x = f"%x{cc}_{j}"
+        lines += [
+            f"{ind}{x}p = vector.load %x[%n{tag}{j}, %xc{cc}] : {xt}, vector<2xbf16>",
+            f"{ind}{x}i = vector.bitcast {x}p : vector<2xbf16> to vector<1xi32>",
+            f"{ind}{x}s = vector.extract {x}i[0] : i32 from vector<1xi32>",
+            f"{ind}{x}b = vector.broadcast {x}s : i32 to vector<{lane}xi32>",
+            f"{ind}{x} = vector.bitcast {x}b : vector<{lane}xi32> to {hv}",
+        ]
+        acc = cur[q]
+        for g in range(groups):
+            part = acc
+            if groups > 1:
+                part = f"%f{cc}_{j}_{g}a"
+                lines.append(f"{ind}{part} = vector.extract_strided_slice {acc} {{offsets = [{lane * g}], "
+                             f"sizes = [{lane}], strides = [1]}} : {vt} to {fv}")
+            dot = f"%f{cc}_{j}_{g}d"
+            lines.append(f"{ind}{dot} = llvm.call @{_DPBF16[lane]}({part}, %w{cc}_{g}, {x}) : "
+                         f"({fv}, {hv}, {hv}) -> {fv}")
+            if groups > 1:
+                nxt = f"%f{cc}_{j}_{g}"
+                lines.append(f"{ind}{nxt} = vector.insert_strided_slice {dot}, {acc} {{offsets = [{lane * g}], "
+                             f"strides = [1]}} : {fv} into {vt}")
+                acc = nxt
+            else:
+                acc = dot
+        new[q] = acc
     return lines, new
 
 

@@ -276,9 +276,9 @@ class SparseLinear(SparseModule):
             return aligned_copy(buf.astype("int16"))
         if name != "values":
             return buf
-        if self.bsr_natural:
+        if self.bsr_natural:  # transposed blocks, or bf16 column pairs for vdpbf16ps (emit_bsrvec.pairs_layout)
             bh, bw = self.fmt.lmap.block
-            buf = emit_bsrvec.transpose_blocks(buf, bh, bw)
+            buf = emit_bsrvec.kernel_values(buf, self.kernel_dtype, bh, bw)
             if self.kernel_dtype == "f32":
                 return aligned_copy(buf)
         if self.kernel_dtype != "f32":  # one rounding of the f32 packed values to the layer's dtype
