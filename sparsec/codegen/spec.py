@@ -48,6 +48,10 @@ class KernelSpec:
     #: a time, every row's partial sums kept in the accumulator panel) instead of row blocks outermost
     #: (the whole [in, 64] X panel built first); see ``emit_csrnat.choose_tiles_outer``
     tiles_outer: bool = False
+    #: the bf16 BSR kernel multiplies pairs of adjacent block columns with vdpbf16ps (AVX512-BF16), its
+    #: values stored pair-interleaved (``emit_bsrvec.pair_blocks``); False: each block transposed, widened
+    #: FMAs. Part of the spec, so the two layouts' kernels never share a cache entry
+    block_pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -62,6 +66,8 @@ class KernelSpec:
             raise ValueError(f"k_tile must be >= 0, got {self.k_tile}")
         if self.tiles_outer and (self.form != "natural" or self.k_tile <= 0):
             raise ValueError("tiles_outer is a loop order of the tiled natural CSR kernel (form 'natural', k_tile > 0)")
+        if self.block_pairs and (self.form != "natural" or self.dtype != "bf16"):
+            raise ValueError("block_pairs is a layout of the natural bf16 BSR kernel (form 'natural', dtype bf16)")
         if self.form == "dot" and self.n != 1:
             raise ValueError("the dot form computes one row (n == 1)")
 

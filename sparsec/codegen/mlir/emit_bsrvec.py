@@ -63,11 +63,17 @@ def host_has_bf16_dot() -> bool:
     return False
 
 
+def pairs_fit(dtype: str, bh: int, bw: int) -> bool:
+    """Whether blocks of this dtype and shape suit vdpbf16ps: bf16, an even block width (column pairs),
+    a block height that fills 8- or 16-lane f32 registers."""
+    return dtype == "bf16" and bw % 2 == 0 and (bh == 8 or bh % 16 == 0)
+
+
 def pairs_layout(dtype: str, bh: int, bw: int) -> bool:
-    """Whether the kernel of this dtype and block multiplies pairs of block columns with vdpbf16ps (bf16,
-    an even block width, a block height that fills 8- or 16-lane registers, and a host with AVX512-BF16):
-    its values are then stored pair-interleaved (``pair_blocks``), else each block transposed."""
-    return dtype == "bf16" and bw % 2 == 0 and (bh == 8 or bh % 16 == 0) and host_has_bf16_dot()
+    """Whether a layer of this dtype and block runs the vdpbf16ps kernel here (``KernelSpec.block_pairs``):
+    the blocks fit (``pairs_fit``) and this host has AVX512-BF16; its values are then stored
+    pair-interleaved (``pair_blocks``), else each block transposed (widened FMAs, any x86 host)."""
+    return pairs_fit(dtype, bh, bw) and host_has_bf16_dot()
 
 
 def block_shape(level_map: str | None) -> tuple[int, int] | None:
@@ -109,11 +115,6 @@ def pair_blocks(values: np.ndarray, bh: int, bw: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(-1, bh, bw // 2, 2).transpose(0, 2, 1, 3)).reshape(-1)
 
 
-def kernel_values(values: np.ndarray, dtype: str, bh: int, bw: int) -> np.ndarray:
-    """The packed BSR values (row-major blocks) in the layout this host's kernel of ``dtype`` reads."""
-    return pair_blocks(values, bh, bw) if pairs_layout(dtype, bh, bw) else transpose_blocks(values, bh, bw)
-
-
 def emit_bsrvec_kernel(spec: KernelSpec) -> str:
     """MLIR text of the natural-layout BSR kernel for ``spec`` (memory element type ``spec.dtype``;
     accumulation and epilogue in f32)."""
@@ -122,6 +123,11 @@ def emit_bsrvec_kernel(spec: KernelSpec) -> str:
     if spec.dtype not in ("f32", "bf16", "f16"):
         raise ValueError(f"the BSR vector kernel takes f32, bf16 or f16 values, not {spec.dtype}")
     bh, bw = block_shape(spec.level_map)  # type: ignore[misc]
+    if spec.block_pairs and not pairs_fit(spec.dtype, bh, bw):
+        raise ValueError(f"vdpbf16ps pairs need bf16 blocks of even width and height 8 or 16k, not {bh}x{bw}")
+    if spec.block_pairs and not host_has_bf16_dot():
+        raise NotImplementedError("the paired bf16 BSR kernel needs AVX512-BF16 and AVX512VL (vdpbf16ps); "
+                                  "this CPU has neither: run the layout without pairs (block_pairs=False)")
     r, c, n, ft = spec.rows, spec.cols, spec.n, spec.dtype
     vt = "f32" if bh == 1 else f"vector<{bh}xf32>"  # accumulators and epilogue: f32 for every dtype
     xt = f"memref<{n}x{c}x{ft}, strided<[?, 1]>>"
@@ -168,7 +174,7 @@ def emit_bsrvec_kernel(spec: KernelSpec) -> str:
     lines += ["  }", "  return", "}"]
     head = (f"// BSR {bh}x{bw}, Y = X W^T in the natural layout, register-blocked by hand "
             f"({t} input rows x {bh} output lanes per tile).\n")
-    if pairs_layout(ft, bh, bw):
+    if spec.block_pairs:
         lane = min(16, bh)
         head += "// bf16 pairs of block columns multiplied by vdpbf16ps (AVX512-BF16), f32 sums.\n"
         lines.insert(0, f"llvm.func @{_DPBF16[lane]}(vector<{lane}xf32>, vector<{2 * lane}xbf16>, "
@@ -182,7 +188,7 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
 
     With fewer than 4 rows the FMA chains would wait on each other: block columns then alternate between
     ``split`` accumulator sets (summed before the epilogue)."""
-    pairs = pairs_layout(spec.dtype, bh, bw)
+    pairs = spec.block_pairs
     step = 2 if pairs else 1  # block columns per multiply (vdpbf16ps takes two)
     split = max(1, -(-4 // rows)) if bw > step else 1
     split = min(split, bw // step)

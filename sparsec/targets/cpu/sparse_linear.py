@@ -137,6 +137,8 @@ class SparseLinear(SparseModule):
         #: the hand BSR kernel reads X as [N, in] and writes Y as [N, out] (no layout copies), its values
         #: stored with each block transposed; in f32 or the layer's 16-bit dtype (``kernel_dtype``)
         self.bsr_natural = bool(knobs.get("bsr_vector_kernel") and emit_bsrvec.supports_map(self.fmt.level_map))
+        #: bf16 BSR on an AVX512-BF16 host: vdpbf16ps on pairs of block columns, values pair-interleaved
+        self.bsr_pairs = self.bsr_natural and emit_bsrvec.pairs_layout(self.kernel_dtype, *self.fmt.lmap.block)
         #: the kernels read X as [N, in] and write Y as [N, out] (BSR at any N, f32 CSR at N >= 2)
         self.natural = self.bsr_natural or (self._csr_kernel() and knobs.get("csr_natural_kernel")
                                             and self.kernel_dtype == "f32")
@@ -209,6 +211,10 @@ class SparseLinear(SparseModule):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.trainable, self._handle = None, None
+        self.__dict__.setdefault("bsr_pairs", False)  # models saved before the paired layout existed
+        if self.bsr_pairs and not emit_bsrvec.host_has_bf16_dot():
+            self._use_slabs(self.slabs)  # saved on an AVX512-BF16 host: re-derive the transposed layout
+            return
         self._bind()
 
     def enable_training(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -295,9 +301,9 @@ class SparseLinear(SparseModule):
             return aligned_copy(buf.astype("int16"))
         if name != "values":
             return buf
-        if self.bsr_natural:  # transposed blocks, or bf16 column pairs for vdpbf16ps (emit_bsrvec.pairs_layout)
+        if self.bsr_natural:  # transposed blocks, or bf16 column pairs for vdpbf16ps (``bsr_pairs``)
             bh, bw = self.fmt.lmap.block
-            buf = emit_bsrvec.kernel_values(buf, self.kernel_dtype, bh, bw)
+            buf = (emit_bsrvec.pair_blocks if self.bsr_pairs else emit_bsrvec.transpose_blocks)(buf, bh, bw)
             if self.kernel_dtype == "f32":
                 return aligned_copy(buf)
         if self.kernel_dtype != "f32":  # one rounding of the f32 packed values to the layer's dtype
@@ -332,6 +338,7 @@ class SparseLinear(SparseModule):
             k_tile=k_tile,
             dtype=self.kernel_dtype,
             tiles_outer=(natural and self._csr_kernel() and emit_csrnat.choose_tiles_outer(rows, cols, n, k_tile)),
+            block_pairs=self.bsr_pairs,
         )
 
     def _natural_at(self, n: int) -> bool:
