@@ -107,11 +107,15 @@ GPU_MACHINE = Machine(
 #: The GEMV rates are of a weight larger than the L3 (decode-sized; calibrate's probe is 4096 x 4096): the
 #: quiet benchmark's bf16 Llama-MLP GEMVs ran at 12 GB/s of bf16 bytes (24e9 fp32-equivalent). The bitmap /
 #: compact 2:4 rates (packed bytes/s) come from 1-thread CPU-time ratios to torch's GEMV under load (~2x at 50%
-#: on 4096 x 11008): rough; ``calibrate`` measures them.
+#: on 4096 x 11008): rough; ``calibrate`` measures them. 16-bit N:M layers run CSR's 16-bit kernel
+#: (sparse_linear.runs_as_csr), so their built-in rate is CSR's; 16-bit BSR keeps the fp32 BSR rates (its
+#: bf16 kernel measured at least as fast as the fp32 one); ``calibrate`` measures both in the dtype.
 LOWP_RATES: dict[str, dict[str, float]] = {
     "torch.bfloat16": {"dense_flops": 6e9, "dense_gemv_bw": 24e9, "sparse_flops": 26e9, "sparse_dot_flops": 2.1e9,
+                       "structured_flops": 26e9,
                        "bitmap_bw": 12e9, "bitmap_bw8": 4e9, "nm24c_bw": 14e9, "nm24c_bw8": 4e9},
     "torch.float16": {"dense_flops": 8.7e9, "dense_gemv_bw": 20e9, "sparse_flops": 25e9, "sparse_dot_flops": 2.7e9,
+                      "structured_flops": 25e9,
                       "bitmap_bw": 12e9, "bitmap_bw8": 3e9, "nm24c_bw": 12e9, "nm24c_bw8": 3e9},
 }
 

@@ -100,7 +100,8 @@ def _dense_probe(g: torch.Generator, dtype: torch.dtype = torch.float32):
 
 
 def _probes_16bit(threads: int, dtype: torch.dtype) -> dict:
-    """The probes of a 16-bit calibration: torch's dense GEMM/GEMV and the CSR kernels in ``dtype``.
+    """The probes of a 16-bit calibration: torch's dense GEMM/GEMV and the CSR, BSR and N:M (run as CSR)
+    kernels in ``dtype``.
 
     Bandwidths count 4 bytes per element (fp32-equivalent), so the cost model's fp32 byte counts
     divided by them give 16-bit times: the halved bytes are in the rate."""
@@ -111,8 +112,8 @@ def _probes_16bit(threads: int, dtype: torch.dtype) -> dict:
 
     g = torch.Generator().manual_seed(0)
 
-    def kernel(w, n):
-        layer = SparseLinear("calibrate", registry.get_format("csr"), w.to(dtype), None, None, False,
+    def kernel(w, n, fmt="csr"):
+        layer = SparseLinear("calibrate", registry.get_format(fmt), w.to(dtype), None, None, False,
                              threads=threads)
         xin = torch.randn(n, w.shape[1], generator=g).to(dtype)
         return (lambda: layer(xin)), 2.0 * n * layer.stored
@@ -128,6 +129,11 @@ def _probes_16bit(threads: int, dtype: torch.dtype) -> dict:
     w2, x1 = torch.randn(*big, generator=g).to(dtype), torch.randn(1, big[1], generator=g).to(dtype)
     sparse = torch.randn(1024, 1024, generator=g) * (torch.rand(1024, 1024, generator=g) < 0.1)
     sparse2 = torch.randn(2048, 2048, generator=g) * (torch.rand(2048, 2048, generator=g) < 0.1)
+    # the fp32 calibration's BSR weights (_probes): 10% of 16x16 blocks; 32-aligned blocks for the N = 1 rates
+    keep = torch.rand(64, 64, generator=g) < 0.1
+    blocks = torch.randn(1024, 1024, generator=g) * keep.repeat_interleave(16, 0).repeat_interleave(16, 1)
+    keep = torch.rand(32, 32, generator=g) < 0.1
+    aligned = torch.randn(1024, 1024, generator=g) * keep.repeat_interleave(32, 0).repeat_interleave(32, 1)
     one = torch.ones(16, 16, dtype=dtype)
     xt = torch.randn(1, 16, generator=g).to(dtype)
     probes = {}
@@ -144,6 +150,9 @@ def _probes_16bit(threads: int, dtype: torch.dtype) -> dict:
         "dense_gemv_bw": ((lambda: torch.nn.functional.linear(x1, w2)), 4.0 * w2.numel()),
         "sparse_flops": kernel(sparse, 64),
         "sparse_dot_flops": kernel(sparse2, 1),
+        "block_flops": kernel(blocks, 64, "bsr16x16"),
+        **{f"block_dot_flops_{b}": kernel(aligned, 1, f"bsr{b}x{b}") for b in (8, 16, 32)},
+        "structured_flops": kernel(two_four(512, 512, g), 64, "nm2:4"),
         "torch_overhead": ((lambda: torch.nn.functional.linear(xt, one)), 1.0),
     }
 
