@@ -12,6 +12,10 @@ so the kernel is measured, not the selector's guess):
   ``torch.ao.quantization.quantize_dynamic`` of it (dense int8, fbgemm; target >= 3x), max relative output
   error vs eager fp32 (target <= 2%); plus the kernel ratio that limits it: the int8 CSR kernel vs the f32
   CSR kernel on one 3072x768 90% layer at N = 128. ``--quick`` uses 2 encoder layers instead of 12;
+- ``formats``: the 16-bit kernels of BSR (hand kernel in the dtype; bf16 uses vdpbf16ps on AVX512-BF16
+  hosts), N:M and COO (packed as CSR, CSR's 16-bit kernel) vs the f32 kernel of the same format between
+  casts (what a 16-bit layer ran before) and vs torch dense bf16, 768x3072 and 3072x768 at N = 64 (and
+  2:4 at N = 1): bsr16x16 90% block-sparse, nm2:4, coo 90%;
 - targets whose kernels are not built here (bf16 2:4 at N = 1, bf16 HF Llama decode: benchmarks/bench_decode.py)
   are listed as missed with the reason, not measured.
 
@@ -20,7 +24,7 @@ at ``--threads`` (default 2). ``--cpu-time`` times one thread by process CPU tim
 development on a loaded machine). Prints the load average at start and end; figures are flagged
 "(loaded)" when the 1-minute load at the start was above 1.
 
-    python benchmarks/bench_lowp.py [--quick] [--threads 2] [--rounds 15] [--cpu-time] [--cases bf16,int8]
+    python benchmarks/bench_lowp.py [--quick] [--threads 2] [--rounds 15] [--cpu-time] [--cases bf16,formats,int8]
                                     [--out benchmarks/RESULTS.md]
 
 Writes section ``lowp`` of the results file.
@@ -106,6 +110,69 @@ def _case(shapes, n: int, density: float, fmt: str, threads: int, rounds: int, r
     return total["sparsec"], total["torch"]
 
 
+#: (label, format, weight pattern, density, N) of the ``formats`` case
+FORMAT_CASES = (
+    ("bsr16x16, 90% 16x16 blocks", "bsr16x16", "block16", 0.1, 64),
+    ("nm2:4 (run as csr)", "nm2:4", "nm2:4", 0.5, 64),
+    ("nm2:4 (run as csr)", "nm2:4", "nm2:4", 0.5, 1),
+    ("coo, 90% unstructured (run as csr)", "coo", "unstructured", 0.1, 64),
+)
+
+
+def _format_weight(out_f: int, in_f: int, pattern: str, density: float, seed: int) -> torch.Tensor:
+    """A random bf16 weight of ``pattern``: ``blockB`` (random B x B blocks kept), ``nm2:4`` (the 2 largest of
+    every 4 inputs), or unstructured by magnitude."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g)
+    if pattern.startswith("block"):
+        b = int(pattern[5:])
+        keep = torch.rand(out_f // b, in_f // b, generator=g) < density
+        w = w * keep.repeat_interleave(b, 0).repeat_interleave(b, 1)
+    elif pattern == "nm2:4":
+        groups = w.reshape(out_f, -1, 4)
+        keep = groups.abs().topk(2, dim=2).indices
+        w = (groups * torch.zeros_like(groups).scatter_(2, keep, 1.0)).reshape(out_f, in_f)
+    else:
+        w = w * (w.abs() > w.abs().flatten().kthvalue(int(w.numel() * (1 - density))).values)
+    return w.to(DTYPE)
+
+
+def _formats_case(threads: int, rounds: int, cpu_time: bool) -> list[tuple]:
+    """Per FORMAT_CASES row, summed over 768x3072 and 3072x768: (label, N, native s, cast s, dense s)."""
+    from sparsec.formats import registry
+    from sparsec.targets.cpu.sparse_linear import SparseLinear
+
+    out = []
+    for label, fmt, pattern, density, n in FORMAT_CASES:
+        total = {"native": 0.0, "cast": 0.0, "dense": 0.0}
+        for i, (out_f, in_f) in enumerate(((768, 3072), (3072, 768))):
+            w = _format_weight(out_f, in_f, pattern, density, i)
+            x = torch.randn(n, in_f).to(DTYPE)
+            f = registry.get_format(fmt)
+            native = SparseLinear("native", f, w, None, None, False, threads)
+            cast = SparseLinear("cast", f, w.float(), None, None, False, threads)  # the f32 kernel, casts around it
+            assert native.kernel_dtype == "bf16" and cast.kernel_dtype == "f32"
+            with torch.no_grad():
+                ref = torch.nn.functional.linear(x.float(), w.float())
+                err = float((native(x).float() - ref).abs().max() / ref.abs().max().clamp_min(1.0))
+            if err > 2e-2:
+                raise AssertionError(f"{fmt} {out_f}x{in_f}: the bf16 kernel differs from dense by {err:.3e}")
+
+            def run(fn):
+                def call():
+                    with torch.no_grad():
+                        fn()
+                return call
+
+            t = _time_pair({"native": run(lambda m=native, x=x: m(x)),
+                            "cast": run(lambda m=cast, x=x: m(x.float()).to(DTYPE)),
+                            "dense": run(lambda w=w, x=x: torch.nn.functional.linear(x, w))}, rounds, 5, cpu_time)
+            for k in total:
+                total[k] += t[k]
+        out.append((label, n, total["native"], total["cast"], total["dense"]))
+    return out
+
+
 def _int8_case(layers: int, threads: int, rounds: int, cpu_time: bool) -> dict:
     """BERT-base 90% seq 128 end to end: sparsec int8, sparsec fp32, quantize_dynamic, eager fp32 (seconds),
     max relative output errors, and the int8 / f32 CSR kernel ratio on one layer."""
@@ -163,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--cpu-time", action="store_true", help="1 thread, process CPU time (development)")
     ap.add_argument("--out", default="benchmarks/RESULTS.md")
-    ap.add_argument("--cases", default="bf16,int8", help="comma-separated: bf16 (kernel rows), int8 (BERT e2e)")
+    ap.add_argument("--cases", default="bf16,formats,int8",
+                    help="comma-separated: bf16 (kernel rows), formats (16-bit BSR/N:M/COO vs casts), int8 (BERT e2e)")
     args = ap.parse_args(argv)
     cases = set(args.cases.split(","))
     threads = 1 if args.cpu_time else args.threads
@@ -181,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("bf16, 4096x11008 + 11008x4096, N = 1, 50% unstructured (csr)", s, d, 1.6,
                      "csr stores 2 B value + 2 B index per nonzero = 2 B per weight at 50%, what dense bf16 reads; "
                      "the selector picks the bitmap format here instead: benchmarks/bench_decode.py"))
+    fmt_rows = _formats_case(threads, rounds, args.cpu_time) if "formats" in cases else []
     layers = 2 if args.quick else 12
     q = _int8_case(layers, threads, rounds, args.cpu_time) if "int8" in cases else None
     load1 = os.getloadavg()
@@ -206,6 +275,18 @@ def main(argv: list[str] | None = None) -> int:
          "see benchmarks/bench_decode.py"),
     ):
         lines.append(f"| {name} | - | - | - | {target} | not measured here ({why}) |")
+    if fmt_rows:
+        lines += [
+            "",
+            "16-bit BSR / N:M / COO kernels (bf16) vs the f32 kernel of the same format between casts (what a bf16 "
+            "layer of these formats ran before) and torch dense bf16; 768x3072 + 3072x768, times summed.",
+            "",
+            "| format | N | native bf16 ms | f32 kernel + casts ms | torch dense bf16 ms | vs casts | vs dense |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, n, nat, cast, dense in fmt_rows:
+            lines.append(f"| {label} | {n} | {nat * 1e3:.3f} | {cast * 1e3:.3f} | {dense * 1e3:.3f} | "
+                         f"{cast / nat:.2f}x | {dense / nat:.2f}x |")
     if q is not None:
         vs32, vsq = q["fp32"] / q["int8"], q["qdyn"] / q["int8"]
         met = vs32 >= 2 and vsq >= 3 and q["err_int8"] <= 0.02
