@@ -32,7 +32,7 @@ from sparsec.runtime.cache import atomic_write, cache_dir, cache_enabled, read_j
 log = logging.getLogger("sparsec")
 _CODEGEN_FILES = ("emit.py", "emit_bitmap.py", "emit_rowvec.py", "emit_bsrvec.py", "emit_csrnat.py", "emit_sddmm.py",
                   "emit_refresh.py", "emit_int8.py", "emit_int8_vnni.py",
-                  "emit_int8_quant.py", "mathfn.py", "pipeline.py", "jit.py",
+                  "emit_int8_quant.py", "emit_int8_quant_t.py", "mathfn.py", "pipeline.py", "jit.py",
                   "disk_cache.py")
 
 
@@ -55,7 +55,9 @@ def _code_version() -> str:
 
 
 def _key(spec: KernelSpec, opt_level: int) -> str:
-    text = f"{sorted(asdict(spec).items())}|{opt_level}|{_code_version()}"
+    # the spec's class too: two kernel families whose specs have the same fields (the int8 input passes)
+    # must not share an entry
+    text = f"{type(spec).__name__}|{sorted(asdict(spec).items())}|{opt_level}|{_code_version()}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sparsec import knobs
-from sparsec.codegen.mlir import emit_int8, emit_int8_quant, emit_int8_vnni
+from sparsec.codegen.mlir import emit_int8, emit_int8_quant, emit_int8_quant_t, emit_int8_vnni
 from sparsec.codegen.mlir.jit import (
     ArgRef,
     CompiledKernel,
@@ -230,18 +230,20 @@ class Int8SparseLinear(_Measured, SparseLinear):
     def _vnni_input(self, x2: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Xu^T [cols, padded_n(n)] (u8 values as int8 bits: xq + 128) with its N positions in the kernel's
         unpack order, and the scales sx [n]: one MLIR pass (emit_int8_quant; torch's ops took twice the
-        kernel's time)."""
+        kernel's time), reading X^T directly when the input is a transposed view (emit_int8_quant_t: what a
+        previous CSR layer returns)."""
         cols, n_pad = self.slabs[0][0].padded_shape[1], emit_int8_vnni.padded_n(n)
-        key = ("quant", n)
+        transposed = not x2.is_contiguous() and x2.t().is_contiguous()
+        key = ("quant_t" if transposed else "quant", n)
         kern = self._vnni_kernels.get(key)
         if kern is None:
-            kern = self._vnni_kernels[key] = compile_kernel(emit_int8_quant.QuantSpec(n, self.in_features, cols))
-        x2 = x2.contiguous()
-        sx = torch.empty(n)
+            spec = (emit_int8_quant_t.QuantTSpec if transposed else emit_int8_quant.QuantSpec)(n, self.in_features, cols)
+            kern = self._vnni_kernels[key] = compile_kernel(spec)
+        xin = x2.t() if transposed else x2.contiguous()
+        sx, inv = torch.empty(n), torch.empty(n)
         # positions no token fills, and rows past in_features, are never read into a stored sum
         xt = torch.empty((cols, n_pad), dtype=torch.int8)
-        inv = torch.empty(n)
-        kern.call_refs([ArgRef(torch_descriptor(x2)), ArgRef(torch_descriptor(sx)), ArgRef(torch_descriptor(inv)),
+        kern.call_refs([ArgRef(torch_descriptor(xin)), ArgRef(torch_descriptor(sx)), ArgRef(torch_descriptor(inv)),
                         ArgRef(torch_descriptor(xt.view(torch.int32).reshape(-1)))])
         return xt, sx
 

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsec import knobs
-from sparsec.codegen.mlir import emit_int8_quant, emit_int8_vnni
+from sparsec.codegen.mlir import emit_int8_quant, emit_int8_quant_t, emit_int8_vnni
 from sparsec.codegen.mlir.jit import ArgRef, compile_kernel, torch_descriptor
 from sparsec.formats import registry
 from sparsec.targets.cpu.int8_linear import QMAX, Int8SparseLinear, quantize_rows, vnni_host
@@ -122,8 +122,11 @@ def test_vnni_sums_exactly_in_int32(rows, cols, n, density, threads, extremes, s
     assert layer.quads and torch.equal(layer.weight_scale, torch.ones(rows))
     with torch.no_grad():
         got = layer(x)
+        # the input as a previous CSR layer returns it: a transposed view (the X^T input pass)
+        got_t = layer(x.t().contiguous().t())
     want = (x.long() @ w.long().t()).float()  # int64: no overflow in the reference
     assert torch.equal(got, want), (got - want).abs().max()
+    assert torch.equal(got_t, want), (got_t - want).abs().max()
     assert _vnni_ran(layer, n) == (n >= knobs.get("int8_vnni_min_n"))
 
 
@@ -166,10 +169,13 @@ def test_vnni_epilogue_dequantizes_bias_activation_residual(rows, cols, n, densi
     extra_cols=st.sampled_from([0, 3]),
     ties=st.booleans(),
     zero_token=st.booleans(),
+    transposed=st.booleans(),
     seed=st.integers(0, 10_000),
 )
-def test_input_pass_matches_quantize_rows_bit_for_bit(n, in_features, extra_cols, ties, zero_token, seed):
-    """sx and every byte of Xu^T at the kernel's N positions: round half to even, clamping, zero tokens."""
+def test_input_pass_matches_quantize_rows_bit_for_bit(n, in_features, extra_cols, ties, zero_token, transposed,
+                                                      seed):
+    """sx and every byte of Xu^T at the kernel's N positions: round half to even, clamping, zero tokens;
+    from X [n, in] (emit_int8_quant) and from X^T [in, n] (emit_int8_quant_t)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_features, generator=g) * 10
     if ties:  # values at exact .5 steps of the scale: rounding ties
@@ -181,8 +187,10 @@ def test_input_pass_matches_quantize_rows_bit_for_bit(n, in_features, extra_cols
     n_pad = emit_int8_vnni.padded_n(n)
     sx, inv = torch.full((n,), float("nan")), torch.empty(n)
     xt = torch.zeros((cols, n_pad), dtype=torch.int8)
-    kern = compile_kernel(emit_int8_quant.QuantSpec(n, in_features, cols))
-    kern.call_refs([ArgRef(torch_descriptor(x)), ArgRef(torch_descriptor(sx)), ArgRef(torch_descriptor(inv)),
+    spec = (emit_int8_quant_t.QuantTSpec if transposed else emit_int8_quant.QuantSpec)(n, in_features, cols)
+    xin = x.t().contiguous() if transposed else x
+    kern = compile_kernel(spec)
+    kern.call_refs([ArgRef(torch_descriptor(xin)), ArgRef(torch_descriptor(sx)), ArgRef(torch_descriptor(inv)),
                     ArgRef(torch_descriptor(xt.view(torch.int32).reshape(-1)))])
     xq, scale = quantize_rows(x)
     assert torch.equal(sx, scale)
