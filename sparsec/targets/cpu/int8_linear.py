@@ -44,6 +44,8 @@ from sparsec.targets.cpu.threads import run_slabs
 
 #: the largest magnitude of a quantized value (symmetric: -128 is never produced, so two products fit in i16)
 QMAX = 127
+#: the most nonzeros a row may hold: below it the exact int32 sum cannot overflow (2**31 / 127**2)
+ROW_NONZERO_LIMIT = 2**31 // (QMAX * QMAX)
 #: the u8 offset of the VNNI kernel's activations (vpdpbusd multiplies unsigned by signed bytes)
 U8_OFFSET = 128
 
@@ -159,6 +161,10 @@ class Int8SparseLinear(_Measured, SparseLinear):
     def _pack(self, w: torch.Tensor, bias: torch.Tensor | None, threads: int):
         """Quantize the weight per output channel, then pack the integer values (as floats) by slab."""
         wq, scale = quantize_rows(w)
+        widest = int((wq != 0).sum(1).max()) if wq.numel() else 0
+        if widest > ROW_NONZERO_LIMIT:  # the int32 sums could overflow (|w x| <= 127 * 127 per product)
+            raise NotImplementedError(f"{self.layer_name}: a row with {widest} nonzeros: int8 sums are exact in "
+                                      f"int32 up to {ROW_NONZERO_LIMIT} per row")
         #: the per-output-channel weight scales [out]
         self.weight_scale = scale
         slabs = super()._pack(wq.float(), bias, threads)
@@ -192,6 +198,8 @@ class Int8SparseLinear(_Measured, SparseLinear):
                                     ArgRef(numpy_descriptor(wsum), wsum), args[3]])
 
     _TRANSIENT = (*SparseLinear._TRANSIENT, "_ref", "_vnni_args", "_vnni_kernels")
+    #: a layer saved before the VNNI kernel existed has plain CSR rows (no quads)
+    quads = False
 
     def _vnni_at(self, n: int) -> bool:
         """Whether a call with ``n`` input rows runs the VNNI kernel."""

@@ -260,3 +260,31 @@ def test_select_prices_int8_with_the_calibrated_rates():
         t = time.perf_counter()
         fn()
         assert work > 0 and time.perf_counter() - t < 5
+
+
+@needs_vnni
+def test_vnni_with_32bit_column_indices_and_old_pickles():
+    """More than 32767 columns: 32-bit indices; a layer pickled without ``quads`` (before the VNNI kernel)
+    loads as plain CSR and runs the 16-bit-lane kernel."""
+    w, x = _int_matrix(6, 40_000, 0.002, 5, True), _int_matrix(18, 40_000, 1.0, 6, True)
+    layer = Int8SparseLinear("w", CSR, w, None, None, False, 1)
+    assert layer.index_bits == 32
+    want = (x.long() @ w.long().t()).float()
+    with torch.no_grad():
+        assert torch.equal(layer(x), want) and _vnni_ran(layer, 18)
+    with knobs.scope(int8_vnni=False):
+        old = Int8SparseLinear("o", CSR, w, None, None, False, 1)
+    state = old.__getstate__()
+    del state["quads"]  # what an earlier version saved
+    loaded = Int8SparseLinear.__new__(Int8SparseLinear)
+    loaded.__setstate__(state)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), want) and not loaded._vnni_kernels
+
+
+def test_rows_too_wide_for_exact_int32_sums_are_refused(monkeypatch):
+    from sparsec.targets.cpu import int8_linear
+
+    monkeypatch.setattr(int8_linear, "ROW_NONZERO_LIMIT", 5)
+    with pytest.raises(NotImplementedError, match="exact in int32"):
+        Int8SparseLinear("x", CSR, torch.ones(3, 8), None, None, False)
