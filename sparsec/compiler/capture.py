@@ -1,4 +1,5 @@
-"""Capture: torch.export of the model in eval mode, parameters lifted, ATen graph.
+"""Capture: torch.export of the model in eval mode (or, for a train-mode variant, in the modes the user set),
+parameters lifted, ATen graph.
 
 Export is tried with every input dimension marked ``Dim.AUTO`` so that a different batch size or
 sequence length reuses the graph; if export refuses dynamic shapes it is retried static (the runtime
@@ -44,23 +45,33 @@ def _auto_dims(args: tuple):
     return pytree.tree_map(spec, args)
 
 
-def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True) -> Captured:
-    """Export ``model`` (in eval mode; its training flag is restored afterwards).
+def capture(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, dynamic: bool = True,
+            training: bool = False) -> Captured:
+    """Export ``model`` in eval mode (every module's training flag is restored afterwards), or with
+    ``training`` in the modes its modules are in now: export then records train-mode dropout
+    (``aten.dropout(x, p, True)``, drawn from torch's RNG when the graph runs, as eager) and BatchNorm
+    with batch statistics (``aten.batch_norm(..., training=True, ...)``, which updates the running
+    statistics in place, and ``add_`` on ``num_batches_tracked``). Export traces with fake tensors: the
+    model's buffers and the RNG are not touched here.
 
     Holds the trace gate: export patches ``nn.Module.__call__`` process-wide, so compiled models running in
     other threads wait for it (sparsec/runtime/trace_gate.py)."""
     with trace_gate.tracing():
-        return _capture(model, args, kwargs, dynamic)
+        return _capture(model, args, kwargs, dynamic, training)
 
 
-def _capture(model: torch.nn.Module, args: tuple, kwargs: dict | None, dynamic: bool) -> Captured:
+def _capture(model: torch.nn.Module, args: tuple, kwargs: dict | None, dynamic: bool, training: bool) -> Captured:
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"sparse_compile needs a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(args, tuple):
         raise CaptureError(f"example inputs must be a tuple, got {type(args).__name__} (write (x,) for one input)")
     kwargs = kwargs or {}
-    was_training = model.training
-    model.eval()
+    if training:
+        _check_trainable_modes(model)
+    # each module's own flag: model.train(was) would also flip a BatchNorm the user froze with .eval()
+    modes = [(m, m.training) for m in model.modules()]
+    if not training:
+        model.eval()
     swapped = _swap_inference_tensors(model)
     args, kwargs = _normal_inputs(args), _normal_inputs(kwargs)
     try:
@@ -78,7 +89,19 @@ def _capture(model: torch.nn.Module, args: tuple, kwargs: dict | None, dynamic: 
     finally:
         for store, name, t in swapped:
             store[name] = t
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
+
+
+def _check_trainable_modes(model: torch.nn.Module) -> None:
+    """Refuse what a train-mode capture cannot record, with the reason (export's own error names a symbol)."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.momentum is None \
+                and m.track_running_stats:
+            raise CaptureError(
+                f"BatchNorm {name or type(m).__name__} has momentum=None (a cumulative average, factor "
+                "1/num_batches_tracked), which torch.export cannot capture in train mode: the factor is read "
+                "from a tensor's value. Give it a momentum (e.g. 0.1), or compile and call it in eval()")
 
 
 def _wrapper_regions(gm: torch.fx.GraphModule) -> tuple[list[tuple[str, torch.dtype]], int]:

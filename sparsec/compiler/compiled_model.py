@@ -9,10 +9,17 @@
   compiled model never returns results for stale weights. Writes through ``.data`` bypass the version
   counter; call ``refresh()`` after those (and after in-place writes to tensors made under
   ``torch.inference_mode()``, which have no version counter).
+- Modes: a model whose train() result differs from eval() (Dropout, BatchNorm, a branch on
+  ``self.training``) gets a variant per mode, captured in that mode: a train-mode call runs dropout from
+  torch's RNG and BatchNorm with batch statistics, updating the module's running statistics in place, as
+  eager does. Running-statistic updates refresh nothing in the train-mode variant (it reads them); the
+  eval-mode variant, whose BatchNorm was folded from them, is dropped and compiled again on the next
+  eval-mode call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -112,6 +119,9 @@ class CompiledModel(torch.nn.Module):
         # saved torch.export program that loading deliberately leaves unread.
         self._train_dependent = (seed is None and not self._train_mods
                                  and training.differs_in_train_mode(model, args, kwargs or {}))
+        # the modules whose training flags choose the variant (the root's covers a branch on self.training)
+        self._mode_mods = [model, *self._train_mods] if self._train_mods or self._train_dependent else []
+        self._primary: Variant | None = None
         self._lock = threading.RLock()
         self._variants: list[Variant] = []
         self._seed = seed  # a loaded artifact's variant, or program and formats (compiler/artifact.py), used once
@@ -121,27 +131,38 @@ class CompiledModel(torch.nn.Module):
         self._compile(args, kwargs or {})
 
     # --- compiling ----------------------------------------------------------------------------------
-    def _compile(self, args: tuple, kwargs: dict, dynamic: bool | None = None) -> Variant:
+    def _mode(self) -> tuple | None:
+        """The variant key of the model's current mode: None in eval mode (and for a model whose result
+        does not depend on it), else the training flags of the root and of each Dropout/BatchNorm."""
+        if not self._mode_mods:
+            return None
+        flags = tuple(m.training for m in self._mode_mods)
+        return flags if any(flags) else None
+
+    def _compile(self, args: tuple, kwargs: dict, dynamic: bool | None = None, mode: object = ...) -> Variant:
         model = self._model[0]
-        # Only the first capture is dynamic by default: later variants exist because a shape fell outside
+        mode = self._mode() if mode is ... else mode
+        # Only a mode's first capture is dynamic by default: later variants exist because a shape fell outside
         # its ranges (see _new_variant for the exception).
         if dynamic is None:
-            dynamic = self.options.dynamic and not self._variants
-        seed, self._seed = self._seed, None
-        training.check_eval(self._train_mods)
-        if self._train_dependent:
-            training.check_eval_root(model)
+            dynamic = self.options.dynamic and not any(v.mode == mode for v in self._variants)
+        seed = None
+        if mode is None:  # a saved artifact / cache entry is an eval-mode compile: a train-mode one waits
+            seed, self._seed = self._seed, None
         if self.options.check_finite:
             finite.check_weights(model)
             finite.check_inputs(pytree.tree_leaves((args, kwargs)))
         cache_key, first = None, self._first
         self._first = False
-        if seed is None and first:  # the captured-graph cache (sparsec/compiler/graph_cache.py)
+        # the captured-graph cache (sparsec/compiler/graph_cache.py) holds eval-mode compiles only: a
+        # train-mode graph updates the model's buffers in place, which its saved form does not carry
+        if seed is None and first and mode is None:
             seed, cache_key = graph_cache.lookup(self, model, args, kwargs, dynamic)
         if isinstance(seed, Variant):  # a saved or cached compile, restored
             return self._install(seed, model, from_artifact=not isinstance(seed.ctx.root, torch.nn.Module))
-        cap = seed.captured if seed is not None else capture(model, args, kwargs, dynamic=dynamic)
-        ctx = CompileContext(options=self.options, root=model, target=self.target)
+        cap = seed.captured if seed is not None else capture(model, args, kwargs, dynamic=dynamic,
+                                                             training=mode is not None)
+        ctx = CompileContext(options=self.options, root=model, target=self.target, training=mode is not None)
         ctx.notes.extend(cap.notes)
         if seed is not None:
             ctx.pinned_formats = seed.formats
@@ -149,7 +170,8 @@ class CompiledModel(torch.nn.Module):
         threads = self.options.threads or default_threads()
         ctx.machine, status = ctx.target.machine(threads, self.options.calibrate, seed is not None)
         ctx.stages["calibrate"] = stage_text.calibrate_stage_text(ctx, status)
-        gm = run_passes(cap.module, ctx)
+        with _untouched(model) if mode is not None else contextlib.nullcontext():
+            gm = run_passes(cap.module, ctx)
         # export's own input-constraint hook re-checks what _check_inputs and the graph's guard node
         # already check (its pytree walk cost ~25 us per call); drop it
         for key, hook in list(gm._forward_pre_hooks.items()):
@@ -165,7 +187,8 @@ class CompiledModel(torch.nn.Module):
         out_spec = gm._out_spec
         gm.graph._codegen = torch.fx.graph.CodeGen()
         gm.recompile()
-        variant = Variant(cap, gm, ctx, build_report(gm, ctx.notes), input_check.input_specs(cap), out_spec)
+        variant = Variant(cap, gm, ctx, build_report(gm, ctx.notes), input_check.input_specs(cap), out_spec,
+                          mode=mode)
         ctx.stages["lowered"] = stage_text.lowered_stage_text(gm)
         self._install(variant, model, from_artifact=seed is not None)
         if cache_key is not None:
@@ -178,12 +201,24 @@ class CompiledModel(torch.nn.Module):
         self._params = [p for p in model.parameters() if p.is_floating_point()]
         self._variants.append(variant)
         self._weights = _WeightWatch(model)
-        if len(self._variants) == 1:  # the example's variant is the one users inspect
+        # The example's variant is the one users inspect (report, ir) and artifacts save: a mode's first one,
+        # the eval-mode one once it exists (an artifact holds eval semantics)
+        primary = self._primary
+        first_of_mode = sum(v.mode == variant.mode for v in self._variants) == 1
+        if primary is None or primary not in self._variants or (
+                first_of_mode and variant.mode is None and primary.mode is not None):
             self._primary = variant
             self._eager = self._eager_model(model, variant.ctx, variant.module, from_artifact)
             if self.options.dump_dir:
                 self.dump(self.options.dump_dir)
         return variant
+
+    def _eval_primary(self) -> None:
+        """Make the primary an eval-mode variant (compiling one when the model has only trained so far):
+        artifacts, pickles and copies hold the eval-mode compile."""
+        if self._primary.mode is not None:
+            ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
+            self._compile(ex_args, ex_kwargs, mode=None)
 
     def _eager_model(self, model, ctx: CompileContext, gm, from_artifact: bool) -> list:
         """The user's model itself when the compiled graph would only replay it: every layer stayed dense
@@ -236,8 +271,6 @@ class CompiledModel(torch.nn.Module):
         else:
             flat, spec = pytree.tree_flatten((args, kwargs))
             self._check_inputs(flat, spec)
-        if self._train_mods:
-            training.check_eval(self._train_mods)
         if not self._autocast_warned and _autocast_around(flat):
             self._autocast_warned = True
             warnings.warn(
@@ -245,16 +278,23 @@ class CompiledModel(torch.nn.Module):
                 "in the dtypes it was compiled for (eager would cast its matmuls to the autocast dtype, and return "
                 "that dtype). Put the autocast inside forward before compiling, or convert the model with "
                 "model.to(dtype)", UserWarning, stacklevel=2)
-        if self._train_dependent:
-            training.check_eval_root(self._model[0])
         if self.options.check_finite:
             finite.check_inputs(flat)
+        mode = self._mode()
         with self._lock:
             if self.options.check_finite and self._weights.changed():  # also when no recompile follows
                 finite.check_weights(self._model[0])
-            if self._weights.changed() and training.fast_refresh(self._variants, self._weights):
-                log.info("sparsec: weights updated in place; packed values refreshed in O(nnz)")
-                self._weights = _WeightWatch(self._model[0])
+            if self._weights.changed():
+                kept = training.refresh_variants(self._variants, self._weights)
+                if kept:
+                    if len(kept) < len(self._variants):
+                        log.info("sparsec: %d variant(s) compiled from changed weights dropped",
+                                 len(self._variants) - len(kept))
+                        self._variants[:] = kept
+                        if self._primary not in kept:
+                            self._primary = kept[0]
+                    log.info("sparsec: weights updated in place; packed values refreshed in O(nnz)")
+                    self._weights = _WeightWatch(self._model[0])
             if self._weights.changed():
                 log.info("sparsec: the model's weights changed since compiling; recompiling")
                 self._variants.clear()
@@ -268,9 +308,9 @@ class CompiledModel(torch.nn.Module):
             except Exception:  # noqa: BLE001 - the graph path below raises the InputError that names the problem
                 pass
         with self._lock:
-            variant = self._find_variant(flat)
+            variant = self._find_variant(flat, mode)
             if variant is None:
-                variant = self._new_variant(args, kwargs, flat)
+                variant = self._new_variant(args, kwargs, flat, mode)
         try:
             return self._run(variant, flat)
         except AssertionError as exc:  # raised by the graph's first node, before any kernel ran
@@ -280,7 +320,7 @@ class CompiledModel(torch.nn.Module):
         # assumed (e.g. H * W fixed by a Linear after a flatten): compile a variant for exactly these
         # shapes, which raises InputError naming them when the model cannot run on them at all.
         with self._lock:
-            variant = self._find_variant(flat, static_only=True) or self._new_variant(args, kwargs, flat)
+            variant = self._find_variant(flat, mode, static_only=True) or self._new_variant(args, kwargs, flat, mode)
         return self._run(variant, flat)
 
     def _run(self, variant: Variant, flat: list):
@@ -301,17 +341,17 @@ class CompiledModel(torch.nn.Module):
     def _check_leaves(self, flat: list) -> None:
         input_check.check_leaves(flat, self._example_flat, self._primary)
 
-    def _find_variant(self, flat: list, static_only: bool = False) -> Variant | None:
+    def _find_variant(self, flat: list, mode: tuple | None, static_only: bool = False) -> Variant | None:
         # Shape-specialized variants first: they exist because the dynamic one rejected those exact shapes.
         for v in sorted(self._variants, key=lambda v: v.captured.dynamic):
-            if static_only and v.captured.dynamic:
+            if v.mode != mode or static_only and v.captured.dynamic:
                 continue
             if all(input_check.fits(s, x) for s, x in zip(v.specs, flat, strict=True)):
                 return v
         return None
 
-    def _new_variant(self, args, kwargs, flat) -> Variant:
-        if len(self._variants) >= self.options.max_variants:
+    def _new_variant(self, args, kwargs, flat, mode: tuple | None) -> Variant:
+        if sum(v.mode == mode for v in self._variants) >= self.options.max_variants:
             shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
             raise InputError(
                 f"input shapes {shapes} need a new compiled variant, and this model has "
@@ -326,7 +366,7 @@ class CompiledModel(torch.nn.Module):
             for x, ex in zip(flat, self._example_flat, strict=True)
         )
         try:
-            return self._compile(args, kwargs, dynamic=self.options.dynamic and grows or None)
+            return self._compile(args, kwargs, dynamic=self.options.dynamic and grows or None, mode=mode)
         except CaptureError as exc:
             shapes = [tuple(x.shape) for x in flat if isinstance(x, torch.Tensor)]
             raise InputError(f"the model cannot run on input shapes {shapes}: {exc}") from exc
@@ -337,6 +377,7 @@ class CompiledModel(torch.nn.Module):
         from sparsec.compiler import artifact
 
         with self._lock:
+            self._eval_primary()
             artifact.save(self, path)
 
     def __reduce__(self):
@@ -344,6 +385,7 @@ class CompiledModel(torch.nn.Module):
         from sparsec.compiler import artifact
 
         with self._lock:
+            self._eval_primary()
             return from_bytes, (artifact.to_bytes(self),)
 
     def __deepcopy__(self, memo):
@@ -352,14 +394,15 @@ class CompiledModel(torch.nn.Module):
         from sparsec.compiler import artifact
 
         with self._lock:
+            self._eval_primary()
             model = copy.deepcopy(self._model[0], memo)
             return from_bytes(artifact.to_bytes(self), model=model)
 
     def train(self, mode: bool = True) -> CompiledModel:
-        """Set this module's mode and the source model's: the compiled graph has eval semantics, so in train
-        mode a model with train-dependent layers (Dropout, BatchNorm, a branch on ``self.training``) raises
-        on the next call, as when the source model itself is put in train mode, instead of silently running
-        eval semantics. A model without such layers trains as before (``eval()`` is ``train(False)``)."""
+        """Set this module's mode and the source model's. A model with train-dependent layers (Dropout,
+        BatchNorm, a branch on ``self.training``) then runs the variant compiled in that mode (compiled on
+        the first call in it): train-mode dropout and batch statistics as in eager, eval semantics again
+        after ``eval()`` (``eval()`` is ``train(False)``)."""
         super().train(mode)
         self._model[0].train(mode)
         return self
@@ -410,6 +453,23 @@ class CompiledModel(torch.nn.Module):
     def graph_module(self) -> torch.fx.GraphModule:
         """The lowered fx graph module of the example inputs' variant."""
         return self._primary.module
+
+
+@contextlib.contextmanager
+def _untouched(model: torch.nn.Module):
+    """Leave the model's buffers and torch's RNG as they were while a train-mode graph is compiled: a pass
+    that runs the graph (rows, on data-dependent layers) would otherwise update BatchNorm's running
+    statistics and draw dropout masks, and the first real call would no longer match eager."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, value in buffers:
+                if not torch.equal(b, value):
+                    with torch.inference_mode(b.is_inference()):
+                        b.copy_(value)
 
 
 def _autocast_around(flat: list) -> bool:

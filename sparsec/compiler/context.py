@@ -30,6 +30,8 @@ class CompileContext:
     #: layer name -> format from a saved artifact; select keeps these instead of choosing
     pinned_formats: dict[str, str] = field(default_factory=dict)
     shrunk: bool = False  # set by shrink when it removed channels (the graph then differs from the model)
+    #: captured in train mode (batch-statistics BatchNorm, live dropout): fold_bn must leave BatchNorm alone
+    training: bool = False
     example_inputs: tuple = ()  # the flattened example inputs (passes that run the graph once read them)
 
     def __post_init__(self) -> None:

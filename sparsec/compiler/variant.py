@@ -23,6 +23,9 @@ class Variant:
     specs: list  # per flattened input: (shape with None for dynamic dims, ranges) or a constant
     out_spec: object = None  # how the graph's flat outputs nest (the graph itself takes and returns flat lists)
     trainable: bool = False  # every gradient reaches the model's own tensors (sparsec.runtime.training)
+    #: None: captured in eval mode (or the model has no train-dependent behaviour); else the training flags
+    #: (root, then each Dropout/BatchNorm) it was captured with: CompiledModel runs it only in that mode
+    mode: tuple | None = None
 
     def __call__(self, flat: list):
         """Run the graph on flattened inputs and nest its outputs like the model's."""

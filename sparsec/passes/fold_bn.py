@@ -121,7 +121,14 @@ def _fold(gm: GraphModule, bn: Node) -> str | None:
 
 
 def run(gm: GraphModule, ctx: CompileContext) -> GraphModule:
-    """Fold every eval-mode BatchNorm whose input is a conv / Linear with constant weights."""
+    """Fold every eval-mode BatchNorm whose input is a conv / Linear with constant weights.
+
+    A train-mode capture folds nothing: its BatchNorms normalize with the batch's statistics and update
+    the running ones (``_bn_args`` refuses ``training=True`` too; this also keeps an eval-mode BatchNorm
+    the user froze inside a train-mode model unfolded, so its weights keep their gradients)."""
+    if ctx.training:
+        ctx.summaries["fold_bn"] = "train-mode capture: BatchNorm left to torch (batch statistics, gradients)"
+        return gm
     lines = [line for bn in list(gm.graph.nodes) if (line := _fold(gm, bn))]
     if lines:
         gm.graph.eliminate_dead_code()

@@ -1,4 +1,5 @@
-"""What CompiledModel needs for training: train-mode guard, backward guard, O(nnz) value refresh."""
+"""What CompiledModel needs for training: which modules make train() differ from eval() (so it keeps a
+variant per mode), backward guard, O(nnz) value refresh."""
 
 from __future__ import annotations
 
@@ -38,22 +39,11 @@ def dense_weight_grads() -> Iterator[dict]:
 
 
 def train_mode_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The submodules whose result differs between train() and eval() (dropout p > 0, BatchNorm)."""
+    """The submodules whose result differs between train() and eval() (dropout p > 0, BatchNorm): their
+    training flags (with the root's) choose the compiled variant a call runs."""
     if not isinstance(model, torch.nn.Module):
         return []  # capture raises the error that names the problem
     return [m for m in model.modules() if isinstance(m, _TRAIN_MODULES) and getattr(m, "p", 1) != 0]
-
-
-def check_eval(mods: list[torch.nn.Module]) -> None:
-    """Raise when any train-dependent module is in train mode: sparsec compiles eval semantics only."""
-    for m in mods:
-        if m.training:
-            raise UnsupportedError(
-                f"the model is in train() mode and has {type(m).__name__} layers, whose train-mode results "
-                "(random dropout, BatchNorm batch statistics) the compiled model does not compute: call "
-                "model.eval() before sparse_compile and before calling the compiled model (sparse training "
-                "through the compiled kernels runs with eval-mode dropout/BatchNorm)"
-            )
 
 
 def differs_in_train_mode(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -105,18 +95,6 @@ def _same(a, b) -> bool:
         return bool(a == b)
     except Exception:  # noqa: BLE001 - e.g. an object comparing tensors inside: no evidence of a difference
         return True
-
-
-def check_eval_root(model: torch.nn.Module) -> None:
-    """Raise when ``model`` (whose train() result differs from eval(), ``differs_in_train_mode``) is in
-    train() mode: the compiled model computes the eval() result."""
-    if model.training:
-        raise UnsupportedError(
-            f"the model ({type(model).__name__}) is in train() mode and its result in train() mode differs "
-            "from eval() mode on the example inputs (functional dropout, a branch on self.training, ...), "
-            "which the compiled model does not compute (it captures eval() semantics): call model.eval() "
-            "before sparse_compile and before calling the compiled model"
-        )
 
 
 class _RaiseOnBackward(torch.autograd.Function):
@@ -186,37 +164,43 @@ def apply_patterns(gm: torch.fx.GraphModule, patterns: dict) -> None:
             m.repack(mask.detach().to(torch.bool), weight, m.train_refs[1])
 
 
-def fast_refresh(variants: list, watch) -> bool:
-    """After in-place updates (optimizer.step), refresh packed values in O(nnz); False: recompile needed.
+def refresh_variants(variants: list, watch) -> list | None:
+    """After in-place updates (optimizer.step, BatchNorm running statistics), refresh packed values in
+    O(nnz) and return the variants still valid; None: something was replaced or moved (recompile all).
 
-    Needs every changed tensor to be the same object at the same address, and each to be read directly by
-    a graph or be a SparseLinear's parameter; a weight that became nonzero outside its stored positions
-    (a mask change) needs a re-pack."""
+    Judged per variant: a changed tensor is fine for a variant that reads it directly (a get_attr: the
+    train-mode variant's running statistics) or packs it as a SparseLinear parameter (re-gathered here).
+    Any other use of it (a folded BatchNorm, a dense layer's weight, which may have become sparse) makes
+    that variant stale: the eval-mode variant whose BatchNorm was folded is dropped when training updates
+    the running statistics, and compiled again, from the new statistics, on the next eval() call. A layer
+    whose weight became nonzero outside its stored positions (a mask change) drops its variants too."""
     from sparsec.compiler.pipeline import layers_of
     from sparsec.passes.matmul_like import get_constant
+    from sparsec.targets.cpu.sparse_grad import refresh_values
 
     changed = watch.changed_tensors()
     if changed is None:
-        return False
-    mods = [m for v in variants for m in sparse_modules(v.module)]
-    # a dense layer's weight that changed may have become sparse: that needs format selection again
-    dense = {id(get_constant(v.module, layer.m.weight)) for v in variants for layer in layers_of(v.module)
-             if layer.format == "dense"}
-    direct = {id(t) for v in variants for t in _graph_tensors(v.module)} - dense
-    by_param = {}
-    for m in mods:
-        for t in m.train_refs:
-            if t is not None:
-                by_param.setdefault(id(t), []).append(m)
-    for t in changed:
-        if id(t) not in direct and id(t) not in by_param:
-            return False
-    from sparsec.targets.cpu.sparse_grad import refresh_values
-
-    todo = {id(m): m for t in changed for m in by_param.get(id(t), [])}
+        return None
+    kept, todo = [], {}
+    for v in variants:
+        # a dense layer's weight that changed may have become sparse: that needs format selection again. Not
+        # in a train-mode variant: it reads the weight directly, and re-selecting would recompile every step
+        dense = set() if v.mode is not None else {
+            id(get_constant(v.module, layer.m.weight)) for layer in layers_of(v.module) if layer.format == "dense"}
+        direct = {id(t) for t in _graph_tensors(v.module)} - dense
+        by_param: dict = {}
+        for m in sparse_modules(v.module):
+            for t in m.train_refs:
+                if t is not None:
+                    by_param.setdefault(id(t), []).append(m)
+        if all(id(t) in direct or id(t) in by_param for t in changed):
+            mods = {id(m): m for t in changed for m in by_param.get(id(t), [])}
+            kept.append((v, mods))
+            todo.update(mods)
     # a layer without slot maps yet builds them from its packed pattern (sparse_grad.state, O(nnz));
-    # a False leaves that layer's values partly refreshed: the caller re-packs
-    return all(refresh_values(m) for m in todo.values())
+    # a False leaves that layer's values partly refreshed: every variant holding it is dropped (re-packed)
+    failed = {key for key, m in todo.items() if not refresh_values(m)}
+    return [v for v, mods in kept if not failed.intersection(mods)]
 
 
 def _graph_tensors(gm: torch.fx.GraphModule) -> list:

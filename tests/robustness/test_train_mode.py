@@ -1,14 +1,16 @@
-"""A model whose train() result differs from eval() raises in train() mode, even when no Dropout/BatchNorm
-module shows it (issue 11, item 8): functional dropout, a branch on ``self.training``."""
+"""A model whose train() result differs from eval() runs its train() semantics in train() mode, even when no
+Dropout/BatchNorm module shows it (issue 11, item 8; issue 12): functional dropout, a branch on
+``self.training``, a buffer updated in train mode. It once raised; it now gets a train-mode variant."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
 import sparsec
-from sparsec.errors import UnsupportedError
 from tests.conftest import assert_close, random_weight
 
 OPTS = dict(target="cpu", force_format="csr", calibrate=False, min_weight_numel=0)
@@ -43,22 +45,29 @@ class Counter(FunctionalDropout):
         return self.fc(x) + self.seen
 
 
+def _seeded(fn, x, seed=0):
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        return fn(x)
+
+
 @pytest.mark.parametrize("cls", [FunctionalDropout, TrainBranch, Counter])
-def test_train_dependent_model_in_train_mode_raises(cls):
+def test_train_dependent_model_in_train_mode_runs_train_semantics(cls):
     model, x = cls(), torch.randn(4, 32)
-    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
-        sparsec.sparse_compile(model, (x,), **OPTS)
-    model.eval()
+    ref = copy.deepcopy(model)
     cm = sparsec.sparse_compile(model, (x,), **OPTS)
     assert [r.format for r in cm.report().layers] == ["csr"]
-    assert_close(cm(x), model(x))
     if cls is Counter:
-        assert int(model.seen) == 0  # the check's train-mode run left the buffer as it was
-    model.train()
-    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
-        cm(x)
+        assert int(model.seen) == 0  # neither the check's train-mode run nor compiling counted
+    assert_close(_seeded(cm, x), _seeded(ref, x))
     model.eval()
-    assert_close(cm(x), model(x))
+    ref.eval()
+    assert_close(cm(x), ref(x))
+    model.train()
+    ref.train()
+    assert_close(_seeded(cm, x, 1), _seeded(ref, x, 1))
+    if cls is Counter:
+        assert int(model.seen) == int(ref.seen) == 2
 
 
 def test_train_mode_model_without_train_behaviour_compiles():
@@ -76,13 +85,13 @@ def test_train_mode_model_without_train_behaviour_compiles():
 
 @pytest.mark.parametrize("cls", [FunctionalDropout, TrainBranch])
 def test_compiled_model_train_reaches_the_source_model(cls):
-    """cm.train() must not run eval semantics silently either: it puts the source model in train mode, so
-    the next call raises as above; cm.eval() makes it callable again."""
+    """cm.train() puts the source model in train mode, and the next call runs train semantics (not eval
+    semantics silently); cm.eval() returns to the eval-mode variant."""
     model, x = cls().eval(), torch.randn(4, 32)
+    ref = copy.deepcopy(model).train()
     cm = sparsec.sparse_compile(model, (x,), **OPTS)
     assert cm.train() is cm and model.training
-    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
-        cm(x)
+    assert_close(_seeded(cm, x), _seeded(ref, x))
     cm.eval()
     assert not model.training
     assert_close(cm(x), model(x))

@@ -18,15 +18,18 @@ def _model(seed=0):
     return model
 
 
-def test_train_mode_dropout_raises_naming_eval():
+def test_train_mode_dropout_runs_as_in_eager():
+    """Once refused; now a train-mode variant (tests/training/test_train_mode.py has the full checks)."""
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Dropout(0.5))
-    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
-        sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu", calibrate=False)
-    model.eval()
-    cm = sparsec.sparse_compile(model, (torch.randn(4, 64),), target="cpu", calibrate=False)
-    model.train()
-    with pytest.raises(UnsupportedError, match=r"model\.eval\(\)"):
-        cm(torch.randn(4, 64))
+    x = torch.randn(4, 64)
+    cm = sparsec.sparse_compile(model, (x,), target="cpu", calibrate=False)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        y = cm(x)
+        torch.manual_seed(0)
+        torch.testing.assert_close(y, model(x))
+        model.eval()
+        torch.testing.assert_close(cm(x), model(x))
 
 
 def test_untrainable_graph_raises_on_backward():
