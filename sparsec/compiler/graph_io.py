@@ -40,7 +40,7 @@ import torch
 from torch.fx import Graph, GraphModule, Node
 from torch.fx.node import map_aggregate, map_arg
 
-from sparsec.compiler.saved_weights import SavedWeights, compress
+from sparsec.compiler.saved_weights import SavedWeights, compress, digest
 
 PAYLOAD, TENSORS = "compiled.pkl", "tensors.bin"
 
@@ -312,12 +312,15 @@ def write(path: Path, payload: dict, source: dict[str, torch.Tensor], weights: b
     stored, packed = {}, {}
     only_refs = pickler.ref_names - pickler.read_names
     packed_slot: dict[int, tuple] = {}
+    digests: dict[str, str] = {}
     for name, t in source.items() if weights else ():
         if id(t) in slot:  # a tied weight under a second name: the same bytes
             stored[name] = slot[id(t)]
             continue
         if id(t) in packed_slot:
-            packed[name] = packed_slot[id(t)]
+            packed[name], d = packed_slot[id(t)]
+            if d is not None:
+                digests[name] = d
             continue
         # only CPU tensors: a rebuilt weight comes back on the CPU
         parts = compress(t) if name in only_refs and t.device.type == "cpu" else None
@@ -326,8 +329,12 @@ def write(path: Path, payload: dict, source: dict[str, torch.Tensor], weights: b
             tensors.append(t.detach())
             stored[name] = slot[id(t)]
         else:
-            packed[name] = packed_slot[id(t)] = (*range(len(tensors), len(tensors) + len(parts)), tuple(t.shape))
+            packed[name] = (*range(len(tensors), len(tensors) + len(parts)), tuple(t.shape))
             tensors.extend(parts)
+            d = digest(t)  # a bound load compares the user's weight by it, not element by element
+            if d is not None:
+                digests[name] = d
+            packed_slot[id(t)] = (packed[name], d)
     entries, offset = [], 0
     with open(path / TENSORS, "wb") as f:
         for t in tensors:
@@ -341,7 +348,8 @@ def write(path: Path, payload: dict, source: dict[str, torch.Tensor], weights: b
             f.write(memoryview(data))
             entries.append((offset, str(t.dtype).replace("torch.", ""), tuple(t.shape), t.device.type))
             offset += data.nbytes
-    index = {"entries": entries, "arrays": len(pickler.arrays), "weights": stored, "compressed": packed}
+    index = {"entries": entries, "arrays": len(pickler.arrays), "weights": stored, "compressed": packed,
+             "digests": digests}
     with open(path / PAYLOAD, "wb") as f:
         pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
         f.write(buf.getvalue())
@@ -365,7 +373,7 @@ def read_weights(path: Path) -> tuple[SavedWeights, list[torch.Tensor]]:
     dense = {name: tensors[k] for name, k in index["weights"].items()}
     packed = {name: (*(tensors[k] for k in slots[:-1]), tuple(slots[-1]))
               for name, slots in index.get("compressed", {}).items()}
-    return SavedWeights(dense, packed), arrays
+    return SavedWeights(dense, packed, index.get("digests")), arrays
 
 
 def read(path: Path, weights: Mapping[str, torch.Tensor], arrays: list[torch.Tensor], frozen: bool = False) -> dict:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsec.compiler.saved_weights import MAX_DENSITY, SavedWeights, _bits, compress, decompress, equal
+from sparsec.compiler.saved_weights import (
+    MAX_DENSITY,
+    SavedWeights,
+    _bits,
+    compress,
+    decompress,
+    digest,
+    equal,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int8, torch.bool]
 
@@ -43,12 +52,15 @@ def test_round_trip_is_bit_exact(dtype, rows, cols, density, seed, specials):
     assert not equal(*parts, tuple(x.shape), clean.reshape(-1))
 
 
-def test_saved_weights_rebuild_on_access_only():
-    x = torch.randn(8, 8) * (torch.rand(8, 8) < 0.2)
+@pytest.mark.parametrize("digests", [False, True])
+def test_saved_weights_rebuild_on_access_only(digests):
+    x = torch.randn(8, 8) * (torch.rand(8, 8) < 0.2)  # -0.0 where a negative was masked
     dense = torch.randn(3)
-    w = SavedWeights({"b": dense}, {"w": (*compress(x), (8, 8))})
+    w = SavedWeights({"b": dense}, {"w": (*compress(x), (8, 8))}, {"w": digest(x)} if digests else None)
     assert set(w) == {"b", "w"} and len(w) == 2 and "w" in w and w.compressed() == ["w"]
     assert w.matches("w", x.clone()) and not w.matches("w", x + 1)
+    assert w.matches("w", x.abs() * torch.sign(x))  # +0.0 for -0.0: other bytes, equal values
+    assert not w.matches("w", x.t().contiguous()) and not w.matches("w", x.reshape(4, 16))
     assert "w" not in w._dense  # matches compared without rebuilding
     assert torch.equal(w["w"], x) and w["w"] is w["w"]  # rebuilt once, kept
     assert w.matches("b", dense.clone()) and w.get("missing") is None
