@@ -146,9 +146,11 @@ class CompiledModel(torch.nn.Module):
         # its ranges (see _new_variant for the exception).
         if dynamic is None:
             dynamic = self.options.dynamic and not any(v.mode == mode for v in self._variants)
-        seed = None
-        if mode is None:  # a saved artifact / cache entry is an eval-mode compile: a train-mode one waits
-            seed, self._seed = self._seed, None
+        seed, self._seed = self._seed, None
+        if mode is not None:
+            # a saved artifact is an eval-mode compile of the weights it was saved with: not this mode's, and
+            # stale once training changed the weights, so the eval variant is compiled from the model later
+            seed = None
         if self.options.check_finite:
             finite.check_weights(model)
             finite.check_inputs(pytree.tree_leaves((args, kwargs)))

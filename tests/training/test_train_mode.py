@@ -245,3 +245,22 @@ def test_cumulative_batchnorm_in_train_mode_is_refused_with_the_reason():
     cm = sparsec.sparse_compile(model, (x,), **OPTS)  # eval mode folds it as before
     with torch.no_grad():
         assert _rel(cm(x), model(x)) <= 1e-4
+
+
+def test_artifact_loaded_onto_a_training_model(tmp_path):
+    """A saved (eval-mode) compile loaded bound to a model in train(): the train-mode variant is captured
+    from the model, and after training the eval-mode one is compiled from the updated statistics, not
+    restored from the artifact's folded old ones."""
+    model, x = _mlp(5), torch.randn(16, 32)
+    model.eval()
+    sparsec.sparse_compile(model, (x,), **OPTS).save(tmp_path / "a")
+    bound, ref = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    cm = sparsec.load(tmp_path / "a", model=bound)
+    torch.manual_seed(1)
+    y = cm(x)
+    torch.manual_seed(1)
+    assert _rel(y, ref(x)) <= 1e-4
+    cm.eval()
+    ref.eval()
+    with torch.no_grad():
+        assert _rel(cm(x), ref(x)) <= 1e-4
