@@ -264,3 +264,33 @@ def test_artifact_loaded_onto_a_training_model(tmp_path):
     ref.eval()
     with torch.no_grad():
         assert _rel(cm(x), ref(x)) <= 1e-4
+
+
+def test_graph_cache_keeps_eval_compiles_only(tmp_path, monkeypatch):
+    """A train-mode compile is neither looked up nor stored (its graph updates the model's buffers in
+    place); the eval-mode compile of the same model still is, under a key that differs by the modules'
+    training flags (graph_cache hashes each module's ``training``)."""
+    from sparsec import knobs
+    from sparsec.codegen.mlir import jit
+    from sparsec.compiler import graph_cache
+
+    monkeypatch.setenv("SPARSEC_CACHE_DIR", str(tmp_path / "cache"))
+    x = torch.randn(16, 32)
+    with knobs.scope(graph_cache=True):
+        try:
+            before = dict(graph_cache.STATS)
+            sparsec.sparse_compile(_mlp(6), (x,), **OPTS)
+            assert {k: graph_cache.STATS[k] - before[k] for k in ("hits", "misses", "stored")} == \
+                {"hits": 0, "misses": 0, "stored": 0}
+            for want in ({"hits": 0, "misses": 1, "stored": 1}, {"hits": 1, "misses": 0, "stored": 0}):
+                before = dict(graph_cache.STATS)
+                model = _mlp(6).eval()
+                cm = sparsec.sparse_compile(model, (x,), **OPTS)
+                assert {k: graph_cache.STATS[k] - before[k] for k in ("hits", "misses", "stored")} == want
+                with torch.no_grad():
+                    assert _rel(cm(x), model(x)) <= 1e-4
+            model = _mlp(6).eval()
+            k_eval = graph_cache.key(cm, model, (x,), {}, True)
+            assert graph_cache.key(cm, model.train(), (x,), {}, True) != k_eval
+        finally:
+            jit.clear_cache()
