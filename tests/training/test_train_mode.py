@@ -294,3 +294,36 @@ def test_graph_cache_keeps_eval_compiles_only(tmp_path, monkeypatch):
             assert graph_cache.key(cm, model.train(), (x,), {}, True) != k_eval
         finally:
             jit.clear_cache()
+
+
+def _rigl_run(compiled: bool, steps: int = 11):
+    import sparsec.prune as prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Dropout(0.2), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = prune.RigL(0.8, end_step=40, update_interval=5, alpha=0.3, seed=0)
+    sp.prepare(model, optimizer=opt)
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(24, 32, generator=gen) for _ in range(steps)]
+    ys = [torch.randint(0, 10, (24,), generator=gen) for _ in range(steps)]
+    trainer = prune.CompiledTraining(sp, (xs[0],)) if compiled else None
+    for t, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        torch.manual_seed(t)  # the same dropout masks in both runs
+        loss = nn.functional.cross_entropy((trainer or model)(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        (trainer or sp).step()
+    return model, sp, trainer
+
+
+def test_rigl_through_compiled_kernels_with_dropout_and_batchnorm_in_train_mode():
+    eager, sp_e, _ = _rigl_run(False)
+    comp, sp_c, trainer = _rigl_run(True)
+    assert sum(h[2] for h in sp_c.history) > 0  # masks did change
+    for name, mask in sp_e.masks().items():
+        assert torch.equal(mask, sp_c.masks()[name]), name
+    for (n, p), q in zip(eager.state_dict().items(), comp.state_dict().values(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=n)  # weights and running statistics
+    assert [v.mode is not None for v in trainer.compiled._variants] == [True]
