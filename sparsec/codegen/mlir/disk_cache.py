@@ -32,7 +32,8 @@ from sparsec.runtime.cache import atomic_write, cache_dir, cache_enabled, read_j
 log = logging.getLogger("sparsec")
 _CODEGEN_FILES = ("emit.py", "emit_bitmap.py", "emit_rowvec.py", "emit_bsrvec.py", "emit_csrnat.py", "emit_sddmm.py",
                   "emit_refresh.py", "emit_int8.py", "emit_int8_vnni.py",
-                  "emit_int8_quant.py", "emit_int8_quant_t.py", "mathfn.py", "pipeline.py", "jit.py",
+                  "emit_int8_quant.py", "emit_int8_quant_t.py",
+                  "emit_int8_quant_rows.py", "mathfn.py", "pipeline.py", "jit.py",
                   "disk_cache.py")
 
 

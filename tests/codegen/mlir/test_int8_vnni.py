@@ -21,10 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsec import knobs
-from sparsec.codegen.mlir import emit_int8_quant, emit_int8_quant_t, emit_int8_vnni
+from sparsec.codegen.mlir import emit_int8_quant, emit_int8_quant_rows, emit_int8_quant_t, emit_int8_vnni
 from sparsec.codegen.mlir.jit import ArgRef, compile_kernel, torch_descriptor
 from sparsec.formats import registry
-from sparsec.targets.cpu.int8_linear import QMAX, Int8SparseLinear, quantize_rows, vnni_host
+from sparsec.targets.cpu.int8_linear import QMAX, Int8DenseLinear, Int8SparseLinear, quantize_rows, vnni_host
 from tests.conftest import reference
 
 CSR = registry.get_format("csr")
@@ -288,3 +288,22 @@ def test_rows_too_wide_for_exact_int32_sums_are_refused(monkeypatch):
     monkeypatch.setattr(int8_linear, "ROW_NONZERO_LIMIT", 5)
     with pytest.raises(NotImplementedError, match="exact in int32"):
         Int8SparseLinear("x", CSR, torch.ones(3, 8), None, None, False)
+
+
+@needs_vnni
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), in_features=st.integers(1, 90), ties=st.booleans(), seed=st.integers(0, 10_000))
+def test_dense_input_pass_matches_quantize_rows_bit_for_bit(n, in_features, ties, seed):
+    """The dense layer's u8 input (emit_int8_quant_rows) is quantize_rows' xq + 128, its scales sx."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_features, generator=g) * 7
+    if ties:
+        x = torch.randint(-254, 255, (n, in_features), generator=g).float() / 2
+        x[:, 0] = 127.0
+    x[n // 2] = 0
+    layer = Int8DenseLinear("d", torch.randn(3, in_features, generator=g), None, None, False)
+    xu, sx = layer._quantize_u8(x.t().contiguous().t())  # a transposed view: copied to rows first
+    xq, scale = quantize_rows(x)
+    assert torch.equal(sx, scale)
+    assert torch.equal(xu.long(), xq.long() + 128)
+    assert isinstance(layer._quant[n].spec, emit_int8_quant_rows.QuantRowsSpec)
