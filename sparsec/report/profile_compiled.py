@@ -33,7 +33,7 @@ def profile_compiled(cm, inputs: tuple, kwargs: dict, repeats: int) -> ProfileRe
     from sparsec.compiler.pipeline import layers_of
 
     cm(*inputs, **kwargs)  # compile the variant these inputs need before reading its layers
-    variant = cm._find_variant(list(torch.utils._pytree.tree_leaves((inputs, kwargs)))) or cm._primary
+    variant = cm._find_variant(list(torch.utils._pytree.tree_leaves((inputs, kwargs))), cm._mode()) or cm._primary
     layers = layers_of(variant.module)
     mods = {x.name: x.module for x in layers if x.module is not None}
     timer = Timer(mods)
