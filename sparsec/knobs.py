@@ -74,6 +74,11 @@ _TABLE: tuple[Knob, ...] = (
          "(for machines shared with other busy processes)"),
     Knob("bsr_vector_kernel", bool, True, None,
          "CPU BSR layers run the hand-scheduled natural-layout kernel (False: the sparsifier's)"),
+    # off by default: on 8x8-32x32 blocks at N=64 the widened 16-bit kernel ran 0.76-0.93x the speed of the f32
+    # kernel between casts (1-thread CPU time, interleaved; docs/kernels.md); bf16 with vdpbf16ps runs natively
+    Knob("bsr_widened_16bit", bool, False, None,
+         "16-bit BSR layers without vdpbf16ps (fp16; bf16 without AVX512-BF16) run the widened-FMA 16-bit "
+         "kernel instead of the f32 kernel between casts"),
     Knob("hybrid_block_fill", float, 0.5, None,
          "hybrid format: a block at least this full goes to the BSR part, the other nonzeros to the CSR part"),
     Knob("hybrid_rest_row_cost", float, 35.0, None,

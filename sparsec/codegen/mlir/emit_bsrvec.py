@@ -40,6 +40,8 @@ _BSR_RE = re.compile(
 #: Prefetching the next block's x lines gave nothing (the reorder window covers it).
 ACC_LANES = 96
 MAX_TILE = 12
+#: block widths whose 16-bit X row segment the widened-FMA kernel converts once per block (see ``_tile``)
+ROW_WIDEN = (8, 16, 32)
 #: fully unrolled block columns up to this width (bigger blocks loop over their columns)
 UNROLL_BW = 32
 
@@ -209,11 +211,20 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
     ]
     cur = [f"%a{tag}{q}" for q in range(nacc)]
     column = _pair_column if pairs else _column
+    xrow = None
+    if spec.dtype != "f32" and not pairs and bw in ROW_WIDEN and bh > 1:
+        # 16-bit X, widened FMAs: widen each row's bw inputs once per block (one vector load + convert) and
+        # broadcast lanes from the register, instead of a scalar load + convert per column and row
+        xrow = []
+        for j in range(rows):
+            load = f"vector.load %x[%n{tag}{j}, %col0] : {xt}, vector<{bw}x{spec.dtype}>"
+            lines += [ind + "  " + ln for ln in _load_f32(spec, f"%xr{tag}{j}", load, bw)]
+            xrow.append(f"%xr{tag}{j}")
     if bw <= UNROLL_BW:
         for cc in range(0, bw, step):
             s = (cc // step) % split
             body, new = column(spec, tag, f"{cc}", rows, s, cur, bh, vt, xt, ind + "  ",
-                               f"%c{cc}_{tag}" if cc else "%c0")
+                               f"%c{cc}_{tag}" if cc else "%c0", *([(xrow, cc, bw)] if xrow else []))
             lines += body
             cur = new
         lines.append(f"{ind}  scf.yield {', '.join(cur)} : {types}")
@@ -236,9 +247,10 @@ def _tile(spec: KernelSpec, tag: str, rows: int, bh: int, bw: int, vt: str, xt: 
 
 
 def _column(spec: KernelSpec, tag: str, cc: str, rows: int, s: int, cur: list[str], bh: int, vt: str, xt: str,
-            ind: str, cidx: str) -> tuple[list[str], list[str]]:
+            ind: str, cidx: str, xrow: tuple[list[str], int, int] | None = None) -> tuple[list[str], list[str]]:
     """One block column: load W[r0:r0+bh, col] once, one broadcast-FMA per input row of the tile (16-bit
-    loads widened to f32 in registers)."""
+    loads widened to f32 in registers). ``xrow``: (each row's widened block inputs, this column's lane,
+    the block width) to take x from instead of loading it."""
     ft = spec.dtype
     lines = [
         f"{ind}%wo{cc} = arith.muli {cidx}, %cbh : index",
@@ -251,7 +263,11 @@ def _column(spec: KernelSpec, tag: str, cc: str, rows: int, s: int, cur: list[st
     new = list(cur)
     for j in range(rows):
         q = s * rows + j
-        lines += [ind + ln for ln in _load_f32(spec, f"%x{cc}_{j}", f"memref.load %x[%n{tag}{j}, %xc{cc}] : {xt}", 1)]
+        if xrow is not None:
+            regs, lane, width = xrow
+            lines.append(f"{ind}%x{cc}_{j} = vector.extract {regs[j]}[{lane}] : f32 from vector<{width}xf32>")
+        else:
+            lines += [ind + ln for ln in _load_f32(spec, f"%x{cc}_{j}", f"memref.load %x[%n{tag}{j}, %xc{cc}] : {xt}", 1)]
         if bh == 1:
             lines.append(f"{ind}%m{cc}_{j} = arith.mulf %x{cc}_{j}, %w{cc} : f32")
             lines.append(f"{ind}%f{cc}_{j} = arith.addf {cur[q]}, %m{cc}_{j} : f32")

@@ -48,12 +48,18 @@ KERNEL_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f
 
 def kernel_dtype(dtype: torch.dtype, fmt: SparseFormat) -> str:
     """The kernel element type for a weight of ``dtype`` in ``fmt``: the dtype itself where a 16-bit
-    kernel exists (CSR, BSR), else f32 (the layer casts its input to f32 and its output back);
-    NotImplementedError for dtypes other than float32/bfloat16/float16."""
+    kernel exists and runs faster than the f32 one between casts (CSR, N:M and COO as CSR, bf16 BSR with
+    vdpbf16ps, other 16-bit BSR with knob ``bsr_widened_16bit``), else f32 (the layer casts its input to f32
+    and its output back); NotImplementedError for dtypes other than float32/bfloat16/float16."""
     if dtype not in KERNEL_DTYPES:
         raise NotImplementedError(f"no CPU sparse kernel for dtype {dtype} (float32, bfloat16, float16 only)")
     ft = KERNEL_DTYPES[dtype]
-    return ft if supports_16bit(fmt) else "f32"
+    if ft == "f32" or not supports_16bit(fmt):
+        return "f32"
+    if fmt.own_kernels is None and emit_bsrvec.supports_map(fmt.level_map) and not (
+            emit_bsrvec.pairs_layout(ft, *fmt.lmap.block) or knobs.get("bsr_widened_16bit")):
+        return "f32"  # the widened 16-bit BSR kernel measured slower than the f32 one between casts
+    return ft
 
 
 def supports_16bit(fmt: SparseFormat) -> bool:

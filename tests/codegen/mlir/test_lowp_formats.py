@@ -63,7 +63,8 @@ def test_16bit_bsr_matches_dense(dtype, block, rows, cols, n, density, bias, act
     bh, bw = block
     w = random_weight(rows, cols, density, seed).to(dtype)
     x, b, r = _case(dtype, rows, cols, n, bias, residual, seed)
-    layer = SparseLinear("t", BSR(bh, bw), w, b, act, residual, threads=threads)
+    with knobs.scope(bsr_widened_16bit=True):  # the widened kernel too (by default it gives way to the casts)
+        layer = SparseLinear("t", BSR(bh, bw), w, b, act, residual, threads=threads)
     assert layer.kernel_dtype == KERNEL[dtype] and layer.io_dtype == dtype and layer.bsr_natural
     assert layer.bsr_pairs == emit_bsrvec.pairs_layout(KERNEL[dtype], bh, bw)
     got = _run(layer, x, r)
@@ -90,7 +91,10 @@ def test_bf16_bsr_without_avx512_bf16_widens_and_refuses_pairs(monkeypatch):
     monkeypatch.setattr(emit_bsrvec, "host_has_bf16_dot", lambda: False)
     w = random_weight(48, 80, 0.4, 3).to(torch.bfloat16)
     x = torch.randn(5, 80).to(torch.bfloat16)
-    layer = SparseLinear("t", registry.get_format("bsr16x16"), w, None, "gelu", False)
+    default = SparseLinear("d", registry.get_format("bsr16x16"), w, None, "gelu", False)
+    assert default.kernel_dtype == "f32" and default.io_dtype == torch.float32  # measured faster than widening
+    with knobs.scope(bsr_widened_16bit=True):
+        layer = SparseLinear("t", registry.get_format("bsr16x16"), w, None, "gelu", False)
     assert layer.kernel_dtype == "bf16" and not layer.bsr_pairs
     (kern,) = layer.kernels(5)
     assert "dpbf16ps" not in kern.mlir
@@ -127,8 +131,26 @@ def test_paired_layer_saved_here_loads_on_a_host_without_avx512_bf16(monkeypatch
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_16bit_rounding_of_bsr_is_nearest_even_and_keeps_specials(dtype):
+def test_16bit_bsr_runs_natively_only_where_measured_faster(dtype):
+    """Default: bf16 with vdpbf16ps in the dtype; fp16 (widened FMAs) the f32 kernel between casts."""
+    w = random_weight(32, 32, 0.5, 0, "block16").to(dtype)
+    layer = SparseLinear("t", registry.get_format("bsr16x16"), w, None, None, False)
+    native = emit_bsrvec.pairs_layout(KERNEL[dtype], 16, 16)
+    assert native == (dtype == torch.bfloat16 and emit_bsrvec.host_has_bf16_dot())
+    assert layer.kernel_dtype == (KERNEL[dtype] if native else "f32")
+    x = torch.randn(3, 32).to(dtype)
+    assert_close_lowp(_run(layer, x, None), reference(x.float(), w.float()).to(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widened", [False, True])
+def test_16bit_rounding_of_bsr_is_nearest_even_and_keeps_specials(dtype, widened):
     """An identity weight returns the input exactly; inf and NaN pass through; one rounding of the f32 sum."""
+    with knobs.scope(bsr_widened_16bit=widened):
+        _check_rounding(dtype)
+
+
+def _check_rounding(dtype):
     w = torch.eye(16, dtype=dtype)
     x = torch.randn(4, 16).to(dtype)
     x[0, 0], x[1, 1], x[2, 2] = float("inf"), float("-inf"), float("nan")
@@ -204,7 +226,11 @@ def test_16bit_model_through_each_format_keeps_its_dtype(dtype, fmt, pattern, de
     fmts = [layer.format for layer in compiled.report().layers]
     assert fmts == [fmt, fmt], fmts
     mods = [m for m in compiled.graph_module.modules() if isinstance(m, SparseLinear)]
-    assert len(mods) == 2 and all(m.kernel_dtype == KERNEL[dtype] and m.io_dtype == dtype for m in mods)
+    native = not fmt.startswith("bsr") or emit_bsrvec.pairs_layout(KERNEL[dtype], int(fmt[3:].split("x")[0]),
+                                                                       int(fmt.split("x")[1]))
+    kd = KERNEL[dtype] if native else "f32"  # fp16 BSR: the f32 kernel between casts (measured faster)
+    assert len(mods) == 2 and all(m.kernel_dtype == kd and m.io_dtype == (dtype if native else torch.float32)
+                                  for m in mods)
     with torch.no_grad():
         got = compiled(x)
         want = model.float()(x.float()).to(dtype)
