@@ -219,6 +219,8 @@ class CompiledModel(torch.nn.Module):
         """Make the primary an eval-mode variant (compiling one when the model has only trained so far):
         artifacts, pickles and copies hold the eval-mode compile."""
         if self._primary.mode is not None:
+            self._sync_weights()  # the train-mode variant too: compiling resets the weight watch
+        if self._primary.mode is not None:
             ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
             self._compile(ex_args, ex_kwargs, mode=None)
 
@@ -284,24 +286,7 @@ class CompiledModel(torch.nn.Module):
             finite.check_inputs(flat)
         mode = self._mode()
         with self._lock:
-            if self.options.check_finite and self._weights.changed():  # also when no recompile follows
-                finite.check_weights(self._model[0])
-            if self._weights.changed():
-                kept = training.refresh_variants(self._variants, self._weights)
-                if kept:
-                    if len(kept) < len(self._variants):
-                        log.info("sparsec: %d variant(s) compiled from changed weights dropped",
-                                 len(self._variants) - len(kept))
-                        self._variants[:] = kept
-                        if self._primary not in kept:
-                            self._primary = kept[0]
-                    log.info("sparsec: weights updated in place; packed values refreshed in O(nnz)")
-                    self._weights = _WeightWatch(self._model[0])
-            if self._weights.changed():
-                log.info("sparsec: the model's weights changed since compiling; recompiling")
-                self._variants.clear()
-                ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
-                self._compile(ex_args, ex_kwargs)
+            self._sync_weights()
             eager = self._eager
         if eager and eager[0].training == self._eager_training:
             try:
@@ -324,6 +309,29 @@ class CompiledModel(torch.nn.Module):
         with self._lock:
             variant = self._find_variant(flat, mode, static_only=True) or self._new_variant(args, kwargs, flat, mode)
         return self._run(variant, flat)
+
+    def _sync_weights(self) -> None:
+        """Bring every variant up to the model's current weights (under the lock): refresh packed values in
+        O(nnz), drop the variants compiled from weights that changed otherwise, recompile when none is left.
+        Runs before any compile, which records the weights anew (the watch would then miss a stale variant)."""
+        if self.options.check_finite and self._weights.changed():  # also when no recompile follows
+            finite.check_weights(self._model[0])
+        if self._weights.changed():
+            kept = training.refresh_variants(self._variants, self._weights)
+            if kept:
+                if len(kept) < len(self._variants):
+                    log.info("sparsec: %d variant(s) compiled from changed weights dropped",
+                             len(self._variants) - len(kept))
+                    self._variants[:] = kept
+                    if self._primary not in kept:
+                        self._primary = kept[0]
+                log.info("sparsec: weights updated in place; packed values refreshed in O(nnz)")
+                self._weights = _WeightWatch(self._model[0])
+        if self._weights.changed():
+            log.info("sparsec: the model's weights changed since compiling; recompiling")
+            self._variants.clear()
+            ex_args, ex_kwargs = pytree.tree_unflatten(self._example_flat, self._in_spec)
+            self._compile(ex_args, ex_kwargs)
 
     def _run(self, variant: Variant, flat: list):
         """Run a variant; when grad is required and it cannot give gradients, its outputs raise on backward.

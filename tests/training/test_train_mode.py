@@ -216,14 +216,27 @@ def test_train_dependent_root_gets_a_train_mode_variant(cls):
 
 def test_save_in_train_mode_saves_the_eval_variant(tmp_path):
     model, x = _mlp(4), torch.randn(16, 32)
+    ref = copy.deepcopy(model)
     cm = sparsec.sparse_compile(model, (x,), **OPTS)
     assert cm._primary.mode is not None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cm(x).pow(2).mean().backward()
+    opt.step()  # the train-mode variant is stale until the next call refreshes it
     cm.save(tmp_path / "a")
+    saved = copy.deepcopy(model.state_dict())
     assert cm._primary.mode is None  # an eval-mode compile was made for the artifact
-    loaded = sparsec.load(tmp_path / "a")
-    model.eval()
+    # the save's compile did not hide the step from the train-mode variant
     with torch.no_grad():
-        assert _rel(loaded(x), model(x)) <= 1e-4
+        ref.load_state_dict(model.state_dict())
+        torch.manual_seed(3)
+        y = cm(x)
+        torch.manual_seed(3)
+        assert _rel(y, ref(x)) <= 1e-4
+    loaded = sparsec.load(tmp_path / "a")
+    ref.eval()
+    ref.load_state_dict(saved)
+    with torch.no_grad():
+        assert _rel(loaded(x), ref(x)) <= 1e-4  # the weights after the step, folded
 
 
 def test_fold_bn_folds_nothing_in_a_train_mode_capture():
