@@ -8,9 +8,10 @@ all f32 but the integer ones. Every call walks all rows once per pass of at most
 
 The multiply runs in 16-bit lanes: each product fits (|q| <= 127, so |w x| <= 16129), and so does the sum of
 two products, so a pass multiplies two nonzeros in i16 (``vpmullw``), adds them, and widens that sum once
-into the i32 accumulator. This CPU has AVX2 but neither AVX512-VNNI (``vpdpbusd``) nor AVX-VNNI: there is
-no instruction that multiplies int8 and accumulates into int32 in one step, and ``vpmaddubsw`` / ``vpmaddwd``
+into the i32 accumulator. It is the kernel of hosts without AVX512-VNNI (and of N = 1): AVX2 has no
+instruction that multiplies int8 and accumulates into int32 in one step, and ``vpmaddubsw`` / ``vpmaddwd``
 pair adjacent *input columns*, which an unstructured row's scattered columns do not have (docs/kernels.md).
+Hosts with AVX512-VNNI run emit_int8_vnni.py (``vpdpbusd``) from knob ``int8_vnni_min_n`` rows.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ and residual: on hosts with AVX512-VNNI + AVX512-BW (knob ``int8_vnni``) the ``v
 input pass of emit_int8_quant.py) from knob ``int8_vnni_min_n`` input rows, else the 16-bit-lane kernel
 (sparsec/codegen/mlir/emit_int8.py); ``Int8DenseLinear`` runs oneDNN's int8 GEMM
 (``torch.ops.onednn.qlinear_pointwise``, u8 x s8 with int32 sums) and the same epilogue as torch ops; with
-VNNI its activations keep 8 bits, else 7 bits (``DENSE_XMAX``) above knob ``int8_dense_split_max_n`` rows; at or below it they keep
-8 bits, split exactly into two 7-bit halves stacked into one GEMM. ``torch._int_mm`` is no option on this CPU: 590 ms for
-128x768x3072, 40x torch's f32 GEMM (measured, 1 thread).
+VNNI its activations keep 8 bits (quantized by emit_int8_quant_rows.py), else 7 bits (``DENSE_XMAX``) above
+knob ``int8_dense_split_max_n`` rows; at or below it they keep 8 bits, split exactly into two 7-bit halves
+stacked into one GEMM. ``torch._int_mm`` was no option on the AVX2 machine: 590 ms for 128x768x3072, 40x
+torch's f32 GEMM (measured, 1 thread).
 
 Each module measures its own quantization error once, on the compile's example inputs
 (``measure_errors``): ``quant_error = max|y_int8 - y_fp32| / max|y_fp32|`` of the layer's output, the f32
