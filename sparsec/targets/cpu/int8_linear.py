@@ -242,6 +242,23 @@ class Int8SparseLinear(_Measured, SparseLinear):
         xt[: self.in_features] = xq.t()
         return (xt, sx), [ArgRef(torch_descriptor(xt)), ArgRef(torch_descriptor(sx))]
 
+    def _input_pass(self, n: int, transposed: bool) -> CompiledKernel:
+        """The VNNI input pass for ``n`` rows from X (emit_int8_quant) or X^T (emit_int8_quant_t)."""
+        key = ("quant_t" if transposed else "quant", n)
+        kern = self._vnni_kernels.get(key)
+        if kern is None:
+            cols = self.slabs[0][0].padded_shape[1]
+            spec = (emit_int8_quant_t.QuantTSpec if transposed else emit_int8_quant.QuantSpec)(n, self.in_features, cols)
+            kern = self._vnni_kernels[key] = compile_kernel(spec)
+        return kern
+
+    def prepare(self, n: int) -> list[CompiledKernel]:
+        """Every kernel a call with ``n`` rows may run, compiled now: with VNNI, both input passes too."""
+        ks = super().prepare(n)
+        if self._vnni_at(n):
+            ks += [self._input_pass(n, False), self._input_pass(n, True)]
+        return ks
+
     def _vnni_input(self, x2: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Xu^T [cols, padded_n(n)] (u8 values as int8 bits: xq + 128) with its N positions in the kernel's
         unpack order, and the scales sx [n]: one MLIR pass (emit_int8_quant; torch's ops took twice the
@@ -249,11 +266,7 @@ class Int8SparseLinear(_Measured, SparseLinear):
         previous CSR layer returns)."""
         cols, n_pad = self.slabs[0][0].padded_shape[1], emit_int8_vnni.padded_n(n)
         transposed = not x2.is_contiguous() and x2.t().is_contiguous()
-        key = ("quant_t" if transposed else "quant", n)
-        kern = self._vnni_kernels.get(key)
-        if kern is None:
-            spec = (emit_int8_quant_t.QuantTSpec if transposed else emit_int8_quant.QuantSpec)(n, self.in_features, cols)
-            kern = self._vnni_kernels[key] = compile_kernel(spec)
+        kern = self._input_pass(n, transposed)
         xin = x2.t() if transposed else x2.contiguous()
         sx, inv = torch.empty(n), torch.empty(n)
         # positions no token fills, and rows past in_features, are never read into a stored sum

@@ -307,3 +307,11 @@ def test_dense_input_pass_matches_quantize_rows_bit_for_bit(n, in_features, ties
     assert torch.equal(sx, scale)
     assert torch.equal(xu.long(), xq.long() + 128)
     assert isinstance(layer._quant[n].spec, emit_int8_quant_rows.QuantRowsSpec)
+
+
+@needs_vnni
+def test_prepare_compiles_the_kernels_and_both_input_passes():
+    layer = Int8SparseLinear("p", CSR, _int_matrix(8, 24, 0.5, 7, False), None, None, False, 1)
+    specs = {type(k.spec).__name__ for k in layer.prepare(20)}
+    assert specs == {"VnniSpec", "QuantSpec", "QuantTSpec"}
+    assert {type(k.spec).__name__ for k in layer.prepare(1)} == {"KernelSpec"}  # N = 1: the 16-bit-lane kernel
