@@ -134,6 +134,9 @@ _TABLE: tuple[Knob, ...] = (
     Knob("calibrate_max_age_s", float, 7 * 24 * 3600.0, None, "calibration: a cached one older than this is re-measured"),
     Knob("calibrate_revalidate_faster", float, 1.5, None,
          "calibration: a cached dense rate this many times below a cheap probe's now was taken disturbed"),
+    Knob("saved_weight_max_density", float, 0.75, None,
+         "artifacts: store a weight zero-compressed when at most this share of its elements is nonzero (the "
+         "bitmap costs 1/32 of an fp32 weight; below 75% the smaller file is worth the rebuild)"),
     Knob("sddmm_grad_chunk", int, 16384, None,
          "backward of sparse linears: stored entries per chunk of dW (bounds the temporary to chunk x N)"),
     Knob("gpu_num_sms", int, 132, None, "Triton launch heuristic: SMs of the GPU (H100 SXM) to fill twice over"),

@@ -17,9 +17,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import torch
 
-#: store a weight zero-compressed when at most this share of its elements is nonzero (the bitmap costs 1/32
-#: of an fp32 weight, so the gain starts near 97%; below 75% it is worth the reconstruction)
-MAX_DENSITY = 0.75
+from sparsec import knobs
 
 _INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -69,7 +67,7 @@ def compress(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         return None
     bits, nz, sign = _split(t)
     idx = np.flatnonzero(nz)
-    if idx.size > MAX_DENSITY * bits.size:
+    if idx.size > knobs.get("saved_weight_max_density") * bits.size:
         return None
     mask = torch.from_numpy(np.packbits(nz))
     values = torch.from_numpy(bits[idx]).view(t.dtype)
@@ -145,4 +143,4 @@ class SavedWeights(Mapping):
         return t.shape == saved.shape and t.dtype == saved.dtype and torch.equal(t.detach(), saved)
 
 
-__all__ = ["SavedWeights", "compress", "decompress", "equal", "digest", "MAX_DENSITY"]
+__all__ = ["SavedWeights", "compress", "decompress", "equal", "digest"]

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsec import knobs
 from sparsec.compiler.saved_weights import (
-    MAX_DENSITY,
     SavedWeights,
     _bits,
     compress,
@@ -36,7 +36,7 @@ def test_round_trip_is_bit_exact(dtype, rows, cols, density, seed, specials):
     parts = compress(x)
     nonzero = int((x != 0).sum())  # NaN counts (NaN != 0), -0.0 does not
     if parts is None:  # only when too dense to gain
-        assert nonzero > MAX_DENSITY * x.numel()
+        assert nonzero > knobs.get("saved_weight_max_density") * x.numel()
         return
     y = decompress(*parts, tuple(x.shape))
     assert y.dtype == x.dtype and y.shape == x.shape

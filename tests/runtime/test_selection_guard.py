@@ -77,9 +77,14 @@ def test_cached_calibration_expires_and_is_revalidated(fresh, monkeypatch):
     monkeypatch.setattr(calibrate, "_MEMO", {})
     calibrate.machine(2)
     assert calibrate.describe(2) == "measured"
+    # plausible: a dense rate no probe on any host beats by the revalidation factor (the built-in 150 GFLOP/s
+    # is below what a 2-core AVX-512 host measures, which made this test depend on the CI machine)
+    data = json.loads(path.read_text())
+    data["machine"]["dense_flops"] = 1e15
+    path.write_text(json.dumps(data))
     monkeypatch.setattr(calibrate, "_MEMO", {})
     monkeypatch.setattr(calibrate, "measure", lambda threads: pytest.fail("a valid cache was remeasured"))
-    assert calibrate.machine(2) == DEFAULT_MACHINE and calibrate.describe(2) == "cached"
+    assert calibrate.machine(2).dense_flops == 1e15 and calibrate.describe(2) == "cached"
 
 
 def _bert_ffn(pattern: str) -> torch.nn.Module:
