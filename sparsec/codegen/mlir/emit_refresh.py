@@ -4,8 +4,8 @@ After ``optimizer.step()`` the packed values must follow the parameter, and the 
 unchanged (no nonzero outside the stored positions). Both need W: the gather touches most of W's cache
 lines anyway at 90% sparsity (16 floats a line), so the kernel reads each row of the dense ``W`` slab
 once, counts its nonzeros (a float compare: ``-0.0`` is zero) with a 16-lane vector accumulator, and
-gathers the row's stored columns into the packed values while the row is in L1, counting the nonzero
-gathered values. ``out[0]`` gets the number of nonzeros *outside* the stored positions: 0 means the
+gathers the row's stored columns into the packed values while the row is in L1 (16 at a time by a vector
+gather, the row's last < 16 one by one), counting the nonzero gathered values. ``out[0]`` gets the number of nonzeros *outside* the stored positions: 0 means the
 pattern held and the packed values are W's. Two separate passes (a gather, then a count) read W twice.
 """
 
@@ -54,6 +54,9 @@ def emit_refresh_kernel(spec: RefreshSpec) -> str:
     wt = f"memref<{r}x{c}xf32>"
     full = c - c % _LANES
     vf, vi = f"vector<{_LANES}xf32>", f"vector<{_LANES}xi32>"
+    # coordinates are unsigned (16-bit columns reach 65535)
+    widen = (f"%k = arith.extui %kn : vector<{_LANES}xi16> to {vi}" if it == "i16"
+             else f"%k = arith.addi %kn, %iz : {vi}")
     lines = [
         "// CSR refresh: gather W's stored values into the packed values; count nonzeros outside them.",
         "module {",
@@ -69,6 +72,8 @@ def emit_refresh_kernel(spec: RefreshSpec) -> str:
         f"  %vz = arith.constant dense<0.0> : {vf}",
         f"  %iz = arith.constant dense<0> : {vi}",
         "  %i0 = arith.constant 0 : i64",
+        f"  %all = arith.constant dense<true> : vector<{_LANES}xi1>",
+        f"  %wf = memref.reinterpret_cast %w to offset: [0], sizes: [{r * c}], strides: [1] : {wt} to memref<?xf32>",
         # per row: the dense count into a vector accumulator, the stored count subtracted from a scalar
         f"  %acc, %sc = scf.for %i = %c0 to %rows step %c1 iter_args(%a = %iz, %s = %i0) -> ({vi}, i64) {{",
         f"    %a1 = scf.for %j = %c0 to %full step %cl iter_args(%b = %a) -> ({vi}) {{",
@@ -90,7 +95,25 @@ def emit_refresh_kernel(spec: RefreshSpec) -> str:
         "    %p1i = memref.load %pos[%i1] : memref<?xi32>",
         "    %p0 = arith.index_cast %p0i : i32 to index",
         "    %p1 = arith.index_cast %p1i : i32 to index",
-        "    %s2 = scf.for %p = %p0 to %p1 step %c1 iter_args(%t = %s1) -> (i64) {",
+        # the row's stored values 16 at a time by a vector gather from the row (vpgatherdps), the rest
+        # one by one: the scalar loop over every stored value ran the kernel at ~4x W's read time
+        "    %len = arith.subi %p1, %p0 : index",
+        "    %nv = arith.divui %len, %cl : index",
+        "    %vlen = arith.muli %nv, %cl : index",
+        "    %pv = arith.addi %p0, %vlen : index",
+        "    %roff = arith.muli %i, %cols : index",
+        f"    %g1 = scf.for %p = %p0 to %pv step %cl iter_args(%b = %a1) -> ({vi}) {{",
+        f"      %kn = vector.load %crd[%p] : memref<?x{it}>, vector<{_LANES}x{it}>",
+        f"      {widen}",
+        f"      %x = vector.gather %wf[%roff][%k], %all, %vz : memref<?xf32>, {vi}, "
+        f"vector<{_LANES}xi1>, {vf} into {vf}",
+        f"      vector.store %x, %val[%p] : memref<?xf32>, {vf}",
+        f"      %m = arith.cmpf une, %x, %vz : {vf}",
+        f"      %e = arith.extui %m : vector<{_LANES}xi1> to {vi}",
+        f"      %b1 = arith.subi %b, %e : {vi}",
+        f"      scf.yield %b1 : {vi}",
+        "    }",
+        "    %s2 = scf.for %p = %pv to %p1 step %c1 iter_args(%t = %s1) -> (i64) {",
         f"      %ki = memref.load %crd[%p] : memref<?x{it}>",
         f"      %k = arith.index_castui %ki : {it} to index",
         f"      %x = memref.load %w[%i, %k] : {wt}",
@@ -100,10 +123,10 @@ def emit_refresh_kernel(spec: RefreshSpec) -> str:
         "      %t1 = arith.subi %t, %e : i64",
         "      scf.yield %t1 : i64",
         "    }",
-        f"    scf.yield %a1, %s2 : {vi}, i64",
+        f"    scf.yield %g1, %s2 : {vi}, i64",
         "  }",
         f"  %red = vector.reduction <add>, %acc : {vi} into i32",
-        "  %red64 = arith.extui %red : i32 to i64",
+        "  %red64 = arith.extsi %red : i32 to i64",  # signed: the vector part subtracts gathered tail columns too
         "  %tot = arith.addi %red64, %sc : i64",
         "  memref.store %tot, %out[%c0] : memref<1xi64>",
         "  return",
